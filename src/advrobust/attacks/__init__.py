@@ -1,0 +1,30 @@
+"""Attacks: each a frozen dataclass of hyperparameters, registered by name."""
+
+from __future__ import annotations
+
+from advrobust.attacks.base import (
+    Attack,
+    attack_class,
+    create_attack,
+    input_gradient,
+    list_attacks,
+    register_attack,
+)
+from advrobust.attacks.fgsm import FGSM
+from advrobust.attacks.losses import LossName, attack_loss, is_adversarial, margin
+from advrobust.attacks.pgd import PGD
+
+__all__ = [
+    "FGSM",
+    "PGD",
+    "Attack",
+    "LossName",
+    "attack_class",
+    "attack_loss",
+    "create_attack",
+    "input_gradient",
+    "is_adversarial",
+    "list_attacks",
+    "margin",
+    "register_attack",
+]

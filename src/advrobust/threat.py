@@ -1,0 +1,154 @@
+"""The threat model: which perturbations the attacker may make (norm, budget eps, valid input bounds)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from advrobust.errors import ConfigError
+
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[str, ...] = get_args(Norm)
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _expand(per_sample: Tensor | float, like: Tensor) -> Tensor | float:
+    """Reshape a per-sample (N,) tensor so it broadcasts against ``like`` (N, ...)."""
+    if isinstance(per_sample, Tensor):
+        return per_sample.reshape(-1, *([1] * (like.dim() - 1)))
+    return per_sample
+
+
+def norm_of(delta: Tensor, norm: Norm) -> Tensor:
+    """Per-sample norm of a perturbation. Shape: (N, ...) -> (N,)."""
+    flat = _flat(delta)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    if norm == "l2":
+        size: Tensor = torch.linalg.vector_norm(flat, ord=2, dim=1)
+        return size
+    return flat.abs().sum(dim=1)
+
+
+def project_l1_ball(delta: Tensor, eps: Tensor | float) -> Tensor:
+    """Euclidean projection of each sample onto the l1 ball of radius eps (Duchi et al., 2008).
+
+    Shape: (N, ...) -> (N, ...). Vectorised over the batch with one sort.
+    """
+    flat = _flat(delta)
+    n, d = flat.shape
+    radius = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n).reshape(n, 1)
+    magnitude = flat.abs()
+    inside = magnitude.sum(dim=1, keepdim=True) <= radius
+    sorted_mag, _ = magnitude.sort(dim=1, descending=True)
+    cumsum = sorted_mag.cumsum(dim=1) - radius
+    ks = torch.arange(1, d + 1, device=flat.device, dtype=flat.dtype)
+    candidate = sorted_mag - cumsum / ks > 0
+    # rho: the last index where the condition holds (it holds for a prefix).
+    rho = candidate.to(flat.dtype).cumsum(dim=1).argmax(dim=1, keepdim=True)
+    theta = (cumsum.gather(1, rho) / (rho + 1).to(flat.dtype)).clamp_min(0)
+    projected = flat.sign() * (magnitude - theta).clamp_min(0)
+    return torch.where(inside, flat, projected).reshape(delta.shape)
+
+
+def project_delta(delta: Tensor, norm: Norm, eps: Tensor | float) -> Tensor:
+    """Project perturbations onto the eps-ball of ``norm`` (eps a float or a per-sample (N,) tensor)."""
+    if norm == "linf":
+        bound = _expand(eps, delta)
+        if isinstance(bound, Tensor):
+            return torch.maximum(torch.minimum(delta, bound), -bound)
+        return delta.clamp(-bound, bound)
+    if norm == "l2":
+        size = norm_of(delta, "l2")
+        radius = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device)
+        factor = torch.where(size > radius, radius / size.clamp_min(1e-12), torch.ones_like(size))
+        return delta * _expand(factor, delta)
+    return project_l1_ball(delta, eps)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The set of allowed adversarial inputs: ``x'`` with ``||x' - x||_norm <= eps`` inside ``bounds``.
+
+    Shape: methods take x, x_adv of shape (N, C, H, W) and return tensors of the same shape or (N,).
+    """
+
+    norm: Norm = "linf"
+    eps: float = 0.3
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}: use one of {', '.join(NORMS)}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
+            raise ConfigError(f"eps must be a finite number >= 0, got {self.eps!r}: pass e.g. eps=0.3")
+        low, high = self.bounds
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(
+                f"bounds must be finite with low < high, got {self.bounds!r}: use e.g. (0.0, 1.0)"
+            )
+        object.__setattr__(self, "eps", float(self.eps))
+        object.__setattr__(self, "bounds", (float(low), float(high)))
+
+    def with_eps(self, eps: float) -> ThreatModel:
+        """The same threat model with another budget."""
+        return ThreatModel(norm=self.norm, eps=eps, bounds=self.bounds)
+
+    def clamp(self, x: Tensor) -> Tensor:
+        """Clip values into the input bounds."""
+        return x.clamp(self.bounds[0], self.bounds[1])
+
+    def project(self, x_adv: Tensor, x: Tensor, eps: Tensor | float | None = None) -> Tensor:
+        """The nearest-in-spirit feasible point: project onto the eps-ball around x, then clip to bounds.
+
+        Clipping to the box only moves each coordinate towards x (which lies in the box), so it never
+        increases the perturbation's norm: the result lies in both sets.
+        """
+        radius = self.eps if eps is None else eps
+        delta = project_delta(x_adv - x, self.norm, radius)
+        return self.clamp(x + delta)
+
+    def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A point drawn uniformly from the eps-ball around x (then clipped to bounds)."""
+        eps = self.eps
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2 * noise - 1) * eps
+        elif self.norm == "l2":
+            direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            u = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (direction * eps * u.pow(1.0 / direction.shape[1])).reshape(x.shape)
+        else:
+            # Uniform in the l1 ball: signed exponentials divided by their sum plus one more exponential.
+            flat_shape = (x.shape[0], x[0].numel() + 1)
+            expo = (
+                -torch.rand(flat_shape, generator=generator, device=x.device, dtype=x.dtype)
+                .clamp_min(1e-12)
+                .log()
+            )
+            signs = torch.randint(0, 2, (x.shape[0], flat_shape[1] - 1), generator=generator, device=x.device)
+            coords = expo[:, :-1] / expo.sum(dim=1, keepdim=True)
+            delta = (coords * (2 * signs - 1).to(x.dtype) * eps).reshape(x.shape)
+        return self.clamp(x + delta)
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Per-sample perturbation size in this norm. Shape: (N,)."""
+        return norm_of(x_adv - x, self.norm)
+
+    def contains(self, x_adv: Tensor, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-sample check that x_adv is within eps (+tol) of x and inside bounds (+-tol). Shape: (N,) bool."""
+        within_eps = self.distance(x_adv, x) <= self.eps + tol
+        flat = _flat(x_adv)
+        within_bounds = (flat >= self.bounds[0] - tol).all(dim=1) & (flat <= self.bounds[1] + tol).all(dim=1)
+        return within_eps & within_bounds
+
+    def to_dict(self) -> dict[str, object]:
+        return {"norm": self.norm, "eps": self.eps, "bounds": list(self.bounds)}
