@@ -1,0 +1,174 @@
+"""Result objects of an evaluation, with a stable JSON schema (``advrobust.eval/1``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advrobust.errors import DataError
+from advrobust.evaluation.stats import wilson_interval
+from advrobust.fileio import atomic_write_json
+
+SCHEMA = "advrobust.eval/1"
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """``correct`` out of ``total``, with a Wilson confidence interval."""
+
+    correct: int
+    total: int
+    confidence: float = 0.95
+
+    @property
+    def value(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.total, self.confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        low, high = self.interval
+        return {
+            "value": self.value if self.total else None,
+            "correct": self.correct,
+            "total": self.total,
+            "ci_low": low,
+            "ci_high": high,
+            "confidence": self.confidence,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Accuracy:
+        return cls(int(data["correct"]), int(data["total"]), float(data["confidence"]))
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        return f"{100 * self.value:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={self.total})"
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack's outcome. In a cascade ``accuracy`` is the robust accuracy after this attack and all
+    earlier ones (each attack only sees the samples still standing); otherwise it is this attack's alone.
+    """
+
+    name: str
+    params: dict[str, Any]
+    accuracy: Accuracy
+    attacked: int
+    fooled: int
+    seconds: float
+    violations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": self.params,
+            "accuracy": self.accuracy.to_dict(),
+            "attacked": self.attacked,
+            "fooled": self.fooled,
+            "seconds": self.seconds,
+            "violations": self.violations,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackResult:
+        return cls(
+            name=data["name"],
+            params=dict(data["params"]),
+            accuracy=Accuracy.from_dict(data["accuracy"]),
+            attacked=int(data["attacked"]),
+            fooled=int(data["fooled"]),
+            seconds=float(data["seconds"]),
+            violations=int(data.get("violations", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Clean and robust accuracy of one model under one threat model, per sample and in total.
+
+    ``broken_by[i]`` is the index of the first attack that fooled sample i, -1 if none did, and -2 if the
+    sample was already misclassified without attack.
+    """
+
+    threat: dict[str, Any]
+    clean: Accuracy
+    robust: Accuracy
+    attacks: list[AttackResult]
+    clean_correct: list[bool]
+    robust_correct: list[bool]
+    broken_by: list[int]
+    seconds: float
+    clean_seconds: float
+    seed: int
+    cascade: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.clean.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "threat": self.threat,
+            "n": self.n,
+            "clean": self.clean.to_dict(),
+            "robust": self.robust.to_dict(),
+            "attacks": [a.to_dict() for a in self.attacks],
+            "seconds": self.seconds,
+            "clean_seconds": self.clean_seconds,
+            "seed": self.seed,
+            "cascade": self.cascade,
+            "meta": self.meta,
+            "per_sample": {
+                "clean_correct": self.clean_correct,
+                "robust_correct": self.robust_correct,
+                "broken_by": self.broken_by,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        if data.get("schema") != SCHEMA:
+            raise DataError(
+                f"not an advrobust evaluation result (schema {data.get('schema')!r}, expected {SCHEMA!r})"
+            )
+        per_sample = data["per_sample"]
+        return cls(
+            threat=dict(data["threat"]),
+            clean=Accuracy.from_dict(data["clean"]),
+            robust=Accuracy.from_dict(data["robust"]),
+            attacks=[AttackResult.from_dict(a) for a in data["attacks"]],
+            clean_correct=[bool(v) for v in per_sample["clean_correct"]],
+            robust_correct=[bool(v) for v in per_sample["robust_correct"]],
+            broken_by=[int(v) for v in per_sample["broken_by"]],
+            seconds=float(data["seconds"]),
+            clean_seconds=float(data["clean_seconds"]),
+            seed=int(data["seed"]),
+            cascade=bool(data["cascade"]),
+            meta=dict(data.get("meta", {})),
+        )
+
+    def save_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result as JSON, atomically."""
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike[str]) -> EvalResult:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"no result file at {path}: run `advrobust eval --json {path}` first") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(
+                f"{path} is not valid JSON ({exc}): re-run the evaluation to rewrite it"
+            ) from None
+        return cls.from_dict(data)
