@@ -4,7 +4,8 @@ from __future__ import annotations
 
 # Importing the architecture modules registers them.
 from advrobust.models import cnn, resnet, wrn  # noqa: F401
-from advrobust.models.io import ModelCard, load_model, read_card, save_model
+from advrobust.models.card import ModelCard
+from advrobust.models.io import load_model, read_card, save_model
 from advrobust.models.normalize import Normalize
 from advrobust.models.registry import Classifier, create_model, list_models, register_model
 

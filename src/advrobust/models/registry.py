@@ -141,3 +141,16 @@ def _check_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> N
         raise ConfigError(
             f"model {name!r} does not take option(s) {unknown}: use only {accepted or 'no extra options'}"
         ) from None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel, DistributedDataParallel or torch.compile wrappers (else ``model``)."""
+    # DataParallel / DistributedDataParallel keep the model in .module, torch.compile in ._orig_mod.
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
