@@ -172,3 +172,29 @@ class EvalResult:
                 f"{path} is not valid JSON ({exc}): re-run the evaluation to rewrite it"
             ) from None
         return cls.from_dict(data)
+
+
+RUN_SCHEMA = "advrobust.run/1"
+
+
+def save_run(path: str | os.PathLike[str], results: list[EvalResult], *, meta: dict[str, Any]) -> Path:
+    """Write the results of one ``advrobust eval`` (one per eps) with their provenance, atomically."""
+    atomic_write_json(path, {"schema": RUN_SCHEMA, "meta": meta, "results": [r.to_dict() for r in results]})
+    return Path(path)
+
+
+def load_results(path: str | os.PathLike[str]) -> list[EvalResult]:
+    """Read a file written by ``save_run`` or ``EvalResult.save_json``."""
+    data = _read_json(path)
+    if isinstance(data, dict) and data.get("schema") == RUN_SCHEMA:
+        return [EvalResult.from_dict(r) for r in data["results"]]
+    return [EvalResult.from_dict(data)]
+
+
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"no result file at {path}: run `advrobust eval --json {path}` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}): re-run the evaluation to rewrite it") from None

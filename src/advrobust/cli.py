@@ -1,0 +1,311 @@
+"""The ``advrobust`` command: parse, build validated settings, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from advrobust import __version__
+from advrobust.errors import AdvrobustError
+
+EPILOG_TRAIN = """examples:
+  advrobust train --data mnist-mini --model small-cnn --epochs 5 --out runs/mnist-std
+  advrobust train --config train.yaml --epochs 10      # flags override the YAML file
+"""
+EPILOG_EVAL = """examples:
+  advrobust eval --model runs/mnist-std --data mnist-mini --norm linf --eps 0.1 0.3 --attack fgsm pgd
+  advrobust eval --model runs/mnist-std --data mnist --root ../data --attack pgd --steps 40 --json out.json
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advrobust",
+        description="Measure and improve the adversarial robustness of PyTorch image classifiers.",
+        epilog="Start with `advrobust demo`; then `advrobust COMMAND --help`.",
+    )
+    parser.add_argument("--version", action="version", version=f"advrobust {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on the bundled MNIST subset and measure it under attack (about a minute)",
+        description="Train small-cnn on mnist-mini (shipped with advrobust), then attack it with FGSM and "
+        "PGD-40 at linf eps 0.1, 0.2 and 0.3, and print clean vs robust accuracy.",
+    )
+    demo.add_argument(
+        "--out", default="advrobust-demo", help="folder for the model and results (default: %(default)s)"
+    )
+    demo.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = sub.add_parser(
+        "train",
+        help="train a model and save it as a run directory",
+        description="Train an architecture on a data set and save model.safetensors + card.json in --out.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_options(train)
+    train.add_argument(
+        "--model", help="architecture name, e.g. small-cnn, madry-cnn, preact-resnet18 (default: small-cnn)"
+    )
+    train.add_argument("--defense", help="training objective (default: standard)")
+    train.add_argument("--epochs", type=int, help="number of epochs (default: 5)")
+    train.add_argument("--batch-size", type=int, help="batch size (default: 128)")
+    train.add_argument("--optimizer", choices=["sgd", "adam"], help="optimizer (default: adam)")
+    train.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
+    train.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    train.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
+    train.add_argument(
+        "--schedule", choices=["constant", "cosine", "onecycle"], help="lr schedule (default: constant)"
+    )
+    train.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the data's per-channel mean/std normalization inside the model (default: on)",
+    )
+    train.add_argument("--seed", type=int, help="random seed for initialisation and shuffling (default: 0)")
+    train.add_argument("--out", help="run directory to write (default: runs/model)")
+    train.add_argument(
+        "--resume", action="store_true", default=None, help="continue from --out/checkpoint.pt"
+    )
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser(
+        "eval",
+        help="attack a saved model and report clean and robust accuracy",
+        description="Evaluate a run directory under a threat model: robust accuracy is the worst case over "
+        "the attacks, per sample, with 95%% confidence intervals.",
+        epilog=EPILOG_EVAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_options(ev)
+    ev.add_argument("--model", help="run directory written by `advrobust train` (required)")
+    ev.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
+    ev.add_argument("--n", type=int, help="evaluate the first N samples only")
+    ev.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
+    ev.add_argument("--eps", type=float, nargs="+", help="one or more budgets (default: 0.3)")
+    ev.add_argument("--attack", nargs="+", help="attacks to run, e.g. fgsm pgd (default: pgd)")
+    ev.add_argument("--steps", type=int, help="iterations of iterative attacks (PGD default: 40)")
+    ev.add_argument("--step-size", type=float, help="step size (PGD default: 2.5 * eps / steps)")
+    ev.add_argument("--restarts", type=int, help="random restarts (default: 1)")
+    ev.add_argument(
+        "--loss", choices=["ce", "margin"], help="attack loss: cross-entropy or CW margin (default: ce)"
+    )
+    ev.add_argument("--batch-size", type=int, help="batch size (default: 256)")
+    ev.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="attack only samples that earlier attacks did not break (default: on)",
+    )
+    ev.add_argument("--seed", type=int, help="random seed (default: 0)")
+    ev.add_argument("--json", metavar="PATH", help="write results as JSON to PATH")
+    ev.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
+    parser.add_argument(
+        "--data", help="mnist-mini (bundled), mnist, fashion-mnist, cifar10, or a .npz / image folder"
+    )
+    parser.add_argument(
+        "--root", help="folder holding the data files (default: $ADVROBUST_DATA or ~/.cache/advrobust)"
+    )
+    parser.add_argument(
+        "--download", action="store_true", default=None, help="download missing files (checksum-verified)"
+    )
+    parser.add_argument("--mirror", help="base URL to download from instead of the default mirror")
+
+
+def _overrides(args: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
+    values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if "json" in values:
+        values["json_path"] = values.pop("json")
+    return values
+
+
+@contextmanager
+def _progress(console: Console, quiet: bool, description: str) -> Iterator[Callable[[int, int], None]]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def update(done: int, total: int, info: str = "") -> None:
+            bar.update(task, completed=done, total=total if total > 0 else None, info=info)
+
+        yield update
+
+
+def _train_progress(update: Callable[..., None]) -> Callable[[Any], None]:
+    def on_step(step: Any) -> None:
+        info = f"epoch {step.epoch}/{step.epochs} loss {step.loss:.3f} acc {100 * step.accuracy:.1f}% {step.samples_per_second:,.0f} img/s"
+        update((step.epoch - 1) * step.steps + step.step, step.epochs * step.steps, info)
+
+    return on_step
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.demo import run_demo
+
+    console.print(f"advrobust {__version__} demo: small-cnn on mnist-mini (bundled real MNIST subset)")
+    with (
+        _progress(console, args.quiet, "train") as train_bar,
+        _progress(console, args.quiet, "attack") as eval_bar,
+    ):
+        outcome = run_demo(
+            args.out,
+            epochs=args.epochs,
+            seed=args.seed,
+            train_progress=_train_progress(train_bar),
+            eval_progress=eval_bar,
+        )
+    trained = outcome.trained
+    clean = trained.card.metrics.get("clean_accuracy", float("nan"))
+    console.print(
+        f"trained {trained.card.arch} for {len(trained.result.history)} epochs on "
+        f"{trained.card.training['samples']} images in {trained.result.seconds:.1f} s; clean test accuracy {_pct(clean)}"
+    )
+    table = Table(title="Robust accuracy under linf attacks (1,000 test images, 95% CI)")
+    table.add_column("eps", justify="right")
+    table.add_column("clean", justify="right")
+    for attack in outcome.results[0].attacks:
+        table.add_column(
+            attack.name.upper() + (f"-{attack.params['steps']}" if "steps" in attack.params else ""),
+            justify="right",
+        )
+    table.add_column("robust (worst case)", justify="right")
+    table.add_column("attack time", justify="right")
+    for result in outcome.results:
+        low, high = result.robust.interval
+        table.add_row(
+            f"{result.threat['eps']:g}",
+            _pct(result.clean.value),
+            *(_pct(a.accuracy.value) for a in result.attacks),
+            f"{_pct(result.robust.value)} [{100 * low:.1f}, {100 * high:.1f}]",
+            f"{sum(a.seconds for a in result.attacks):.1f} s",
+        )
+    console.print(table)
+    console.print(
+        f"model: {trained.path}   results: {outcome.results_path}   total time: {outcome.seconds:.0f} s"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.config import TrainSettings, build_settings, read_yaml
+    from advrobust.runs import train_run
+
+    config = read_yaml(args.config) if args.config else {}
+    settings = build_settings(TrainSettings, config, _overrides(args, ("command", "config", "quiet")))
+    with _progress(console, args.quiet, "train") as bar:
+        outcome = train_run(settings, progress=_train_progress(bar))
+    table = Table(title=f"{settings.model} on {outcome.card.dataset} ({settings.defense})")
+    for column in ("epoch", "loss", "train acc", "val acc", "seconds", "img/s"):
+        table.add_column(column, justify="right")
+    for h in outcome.result.history:
+        val = _pct(h["val_accuracy"]) if "val_accuracy" in h else "-"
+        table.add_row(
+            str(int(h["epoch"])),
+            f"{h['loss']:.4f}",
+            _pct(h["train_accuracy"]),
+            val,
+            f"{h['seconds']:.1f}",
+            f"{h['samples_per_second']:,.0f}",
+        )
+    console.print(table)
+    console.print(f"saved {outcome.path} (model.safetensors, card.json, checkpoint.pt, history.json)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.config import EvalSettings, build_settings, read_yaml
+    from advrobust.runs import eval_run
+
+    config = read_yaml(args.config) if args.config else {}
+    settings = build_settings(EvalSettings, config, _overrides(args, ("command", "config", "quiet")))
+    with _progress(console, args.quiet, "attack") as bar:
+        results = eval_run(settings, progress=bar)
+    first = results[0]
+    table = Table(
+        title=f"{settings.model} on {first.meta['data']['name']} ({first.n} samples, {settings.norm}, 95% CI)"
+    )
+    table.add_column("eps", justify="right")
+    table.add_column("clean", justify="right")
+    for attack in first.attacks:
+        table.add_column(attack.name + (" (cumulative)" if first.cascade else ""), justify="right")
+    table.add_column("robust", justify="right")
+    table.add_column("seconds", justify="right")
+    for result in results:
+        low, high = result.robust.interval
+        table.add_row(
+            f"{result.threat['eps']:g}",
+            _pct(result.clean.value),
+            *(_pct(a.accuracy.value) for a in result.attacks),
+            f"{_pct(result.robust.value)} [{100 * low:.1f}, {100 * high:.1f}]",
+            f"{result.seconds:.1f}",
+        )
+        for attack in result.attacks:
+            if attack.violations:
+                console.print(
+                    f"[red]warning: {attack.name} returned {attack.violations} points outside the threat model[/red]"
+                )
+    console.print(table)
+    if settings.json_path:
+        console.print(f"wrote {settings.json_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``advrobust`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    console = Console()
+    errors = Console(stderr=True)
+    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval}
+    try:
+        return commands[args.command](args, console)
+    except AdvrobustError as exc:
+        errors.print(f"advrobust {args.command}: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Validated settings for the CLI and YAML configs: the same names as the Python API's keywords."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from advrobust.errors import ConfigError
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Settings):
+    """Where the data comes from."""
+
+    data: str = "mnist-mini"
+    root: str | None = None
+    download: bool = False
+    mirror: str | None = None
+
+
+class TrainSettings(DataSettings):
+    """``advrobust train``: build an architecture, train it with an objective, save it as a run directory."""
+
+    model: str = "small-cnn"
+    defense: str = "standard"
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    normalize: bool = True
+    seed: int = 0
+    out: str = "runs/model"
+    resume: bool = False
+    device: str | None = None
+
+
+class EvalSettings(DataSettings):
+    """``advrobust eval``: attack a saved model under a threat model and report clean and robust accuracy."""
+
+    model: str
+    split: Literal["train", "test"] = "test"
+    n: int | None = Field(None, ge=1)
+    norm: Literal["linf", "l2", "l1"] = "linf"
+    eps: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
+    attack: list[str] = Field(default_factory=lambda: ["pgd"], min_length=1)
+    steps: int | None = Field(None, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    restarts: int | None = Field(None, ge=1)
+    loss: Literal["ce", "margin"] | None = None
+    batch_size: int = Field(256, ge=1)
+    cascade: bool = True
+    seed: int = 0
+    json_path: str | None = Field(None, alias="json")
+    device: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) else value
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _one_or_many_names(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_non_negative(cls, value: list[float]) -> list[float]:
+        if any(e < 0 for e in value):
+            raise ValueError("every eps must be >= 0")
+        return value
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's mapping; dashes in keys are read as underscores (``batch-size`` = ``batch_size``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found: check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML ({str(exc).splitlines()[0]}): fix its syntax"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of option: value, got {type(data).__name__}"
+        )
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_settings(kind: type[_Settings], config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """Validate ``config`` updated with the options given on the command line (those not None)."""
+    merged = {**config, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return kind.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            problems.append(f"{where.replace('_', '-')}: {err['msg']}")
+        raise ConfigError("invalid option(s): " + "; ".join(problems)) from None

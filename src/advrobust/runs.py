@@ -1,0 +1,197 @@
+"""The train and eval workflows behind the CLI, callable from Python with the same settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advrobust.attacks import Attack, attack_class, create_attack
+from advrobust.config import DataSettings, EvalSettings, TrainSettings
+from advrobust.data import ImageDataset, load_dataset
+from advrobust.errors import ConfigError, DataError
+from advrobust.evaluation import EvalResult, evaluate, save_run
+from advrobust.fileio import atomic_write_json
+from advrobust.models import ModelCard, create_model, load_model, read_card, save_model
+from advrobust.models.registry import model_options
+from advrobust.provenance import environment
+from advrobust.threat import ThreatModel
+from advrobust.training import StepInfo, TrainConfig, TrainResult, accuracy, create_objective, train
+
+HISTORY_NAME = "history.json"
+
+
+@dataclass
+class TrainOutcome:
+    """A trained model, its card (saved in ``path``) and its training history."""
+
+    model: nn.Module
+    card: ModelCard
+    result: TrainResult
+    path: Path
+
+
+def load_data(settings: DataSettings, split: str) -> ImageDataset:
+    """The data set named in ``settings`` (a registered name or a path to .npz / an image folder)."""
+    return load_dataset(
+        settings.data,
+        split=split,  # type: ignore[arg-type]
+        root=settings.root,
+        download=settings.download,
+        mirror=settings.mirror,
+    )
+
+
+def channel_stats(data: ImageDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of the images in [0, 1], computed in float64."""
+    images = data.images.to(torch.float64).div_(255)
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] | None = None) -> TrainOutcome:
+    """Train ``settings.model`` on ``settings.data`` with ``settings.defense``; save a run directory.
+
+    The run directory ``settings.out`` gets ``model.safetensors`` and ``card.json`` (the model), plus
+    ``checkpoint.pt`` (to resume) and ``history.json`` (per-epoch metrics).
+    """
+    device = _device(settings.device)
+    data = load_data(settings, "train")
+    try:
+        val: ImageDataset | None = load_data(settings, "test")
+    except DataError:
+        val = None
+    c, h, w = data.input_shape
+    mean, std = channel_stats(data) if settings.normalize else (None, None)
+    kwargs: dict[str, Any] = {"input_size": [h, w]} if "input_size" in model_options(settings.model) else {}
+    torch.manual_seed(settings.seed)
+    model = create_model(
+        settings.model, num_classes=data.num_classes, in_channels=c, mean=mean, std=std, **kwargs
+    ).to(device)
+    objective = create_objective(settings.defense)
+    config = TrainConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        optimizer=settings.optimizer,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        schedule=settings.schedule,
+        seed=settings.seed,
+    )
+    out = Path(settings.out)
+    result = train(
+        model,
+        data,
+        objective=objective,
+        config=config,
+        out_dir=out,
+        resume=settings.resume,
+        val_data=val,
+        device=device,
+        progress=progress,
+    )
+    metrics: dict[str, Any] = {"train_accuracy": result.history[-1]["train_accuracy"]}
+    if val is not None:
+        metrics["clean_accuracy"] = accuracy(model, val, device=device)
+        metrics["clean_accuracy_split"] = "test"
+    card = ModelCard.from_model(
+        model,
+        input_shape=data.input_shape,
+        dataset=data.name,
+        classes=data.classes,
+        training={
+            "objective": {"name": objective.name, **objective.params()},
+            "config": dataclasses.asdict(config),
+            "seconds": result.seconds,
+            "samples": len(data),
+            "data_source": data.source,
+        },
+        metrics=metrics,
+    )
+    save_model(model, out, card)
+    atomic_write_json(out / HISTORY_NAME, {"environment": environment(), **result.to_dict()})
+    return TrainOutcome(model=model, card=read_card(out), result=result, path=out)
+
+
+def build_attacks(settings: EvalSettings, threat: ThreatModel) -> list[Attack]:
+    """The attacks named in ``settings``, each given the options it has; an option no attack has is an error."""
+    options = {
+        "steps": settings.steps,
+        "step_size": settings.step_size,
+        "restarts": settings.restarts,
+        "loss": settings.loss,
+    }
+    given = {k for k, v in options.items() if v is not None}
+    used: set[str] = set()
+    attacks = []
+    for name in settings.attack:
+        fields = {f.name for f in dataclasses.fields(attack_class(name))}
+        mine = {k: v for k, v in options.items() if k in fields and v is not None}
+        used |= set(mine)
+        attacks.append(create_attack(name, threat=threat, **mine))
+    unused = sorted(given - used)
+    if unused:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise ConfigError(
+            f"{flags} applies to none of the attacks {settings.attack}: drop it or add an attack that has it"
+        )
+    return attacks
+
+
+def eval_run(
+    settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None
+) -> list[EvalResult]:
+    """Evaluate a saved model at every eps in ``settings``; write ``settings.json_path`` when given."""
+    device = _device(settings.device)
+    card = read_card(settings.model)
+    model = load_model(settings.model, device=device)
+    data = load_data(settings, settings.split)
+    if settings.n is not None:
+        data = data.take(settings.n)
+    if tuple(data.input_shape) != tuple(card.input_shape):
+        raise ConfigError(
+            f"the model takes inputs of shape {tuple(card.input_shape)} but {data.name} has {data.input_shape}: "
+            "evaluate on the data set the model was trained for"
+        )
+    if data.num_classes != card.num_classes:
+        raise ConfigError(
+            f"the model has {card.num_classes} classes but {data.name} has {data.num_classes}: use matching data"
+        )
+    meta = {
+        "model": {"path": str(settings.model), "arch": card.arch, "weights_sha256": card.weights_sha256},
+        "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
+        "environment": environment(),
+    }
+    results = []
+    for eps in settings.eps:
+        threat = ThreatModel(norm=settings.norm, eps=eps)
+        attacks = build_attacks(settings, threat)
+        results.append(
+            evaluate(
+                model,
+                data,
+                attacks,
+                batch_size=settings.batch_size,
+                device=device,
+                seed=settings.seed,
+                cascade=settings.cascade,
+                progress=progress,
+                meta=meta,
+            )
+        )
+    if settings.json_path is not None:
+        save_run(settings.json_path, results, meta=meta)
+    return results

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small CNN trained for real on the bundled MNIST subset (a few seconds, once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.data import ImageDataset, load_dataset
+from advrobust.models import create_model
+from advrobust.training import TrainConfig, train
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mini_train() -> ImageDataset:
+    return load_dataset("mnist-mini", split="train")
+
+
+@pytest.fixture(scope="session")
+def mini_test() -> ImageDataset:
+    return load_dataset("mnist-mini", split="test")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(mini_train: ImageDataset) -> nn.Module:
+    """small-cnn trained normally for 2 epochs on 5,000 real MNIST images (~97% test accuracy)."""
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=10, in_channels=1)
+    train(model, mini_train, config=TrainConfig(epochs=2, batch_size=64, seed=0))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def batch(mini_test: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 test images as floats in [0, 1] with their labels."""
+    data = mini_test.take(200)
+    return data.images.float() / 255, data.labels
+
+
+@pytest.fixture
+def real_mnist_root() -> Path:
+    """The folder with the real MNIST files (ADVROBUST_DATA); skips the test when it is not set."""
+    root = os.environ.get("ADVROBUST_DATA")
+    if not root:
+        pytest.skip("set ADVROBUST_DATA to the folder holding the real MNIST files to run this test")
+    return Path(root)

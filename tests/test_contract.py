@@ -1,0 +1,86 @@
+"""The model contract: each kind of bad input gets a clear error naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advrobust.contract import check_inputs, check_labels, check_model_io, check_outputs, eval_mode
+from advrobust.errors import InputError
+
+
+def test_valid_inputs_pass() -> None:
+    check_inputs(torch.rand(3, 1, 4, 4))
+    check_labels(torch.tensor([0, 9, 3]), 3, 10)
+    check_outputs(torch.randn(3, 10), 3)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8), "uint8"),
+        (torch.rand(2, 1, 4, 4) * 255, "divide by 255"),
+        (torch.rand(2, 4, 4), "unsqueeze"),
+        (torch.full((2, 1, 4, 4), float("nan")), "NaN"),
+        (torch.randint(0, 2, (2, 1, 4, 4)), "dtype"),
+        (torch.rand(2, 1, 4, 4) - 0.5, "bounds"),
+    ],
+)
+def test_bad_inputs_are_named(x: torch.Tensor, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        check_inputs(x)
+
+
+@pytest.mark.parametrize(
+    ("y", "match"),
+    [
+        (torch.tensor([0, 10]), r"span \[0, 10\].*10 classes"),
+        (torch.tensor([-1, 2]), "span"),
+        (torch.tensor([0.0, 1.0]), "int64"),
+        (torch.eye(10)[:2].long(), "one-hot"),
+    ],
+)
+def test_bad_labels_are_named(y: torch.Tensor, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        check_labels(y, 2, 10)
+
+
+def test_probability_outputs_are_refused() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.Softmax(dim=1))
+    with pytest.raises(InputError, match="probabilities.*remove the final softmax"):
+        check_model_io(model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 3]))
+
+
+def test_log_probabilities_are_accepted() -> None:
+    # log-softmax outputs are logits up to a per-row constant: attacks work on them unchanged.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.LogSoftmax(dim=1))
+    check_model_io(model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 3]))
+
+
+def test_wrong_output_shape_is_named() -> None:
+    with pytest.raises(InputError, match="expected logits of shape"):
+        check_outputs(torch.randn(3, 10, 1), 3)
+
+
+def test_eval_mode_restores_each_module() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.BatchNorm1d(2))
+    model.train()
+    model[1].eval()
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
+@settings(max_examples=50, deadline=None)
+@given(low=st.floats(-2, 2), span=st.floats(0.0, 3.0), seed=st.integers(0, 1000))
+def test_check_inputs_accepts_exactly_in_bounds(low: float, span: float, seed: int) -> None:
+    x = low + span * torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(seed))
+    inside = float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6
+    if inside:
+        check_inputs(x)
+    else:
+        with pytest.raises(InputError):
+            check_inputs(x)

@@ -1,0 +1,117 @@
+"""ThreatModel: projections against independent numpy references, random starts, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advrobust.errors import ConfigError
+from advrobust.threat import ThreatModel, norm_of, project_delta, project_l1_ball
+
+
+def numpy_l1_projection(v: np.ndarray, eps: float) -> np.ndarray:
+    """Reference: find theta by bisection so that sum(max(|v| - theta, 0)) = eps."""
+    if np.abs(v).sum() <= eps:
+        return v
+    low, high = 0.0, float(np.abs(v).max())
+    for _ in range(200):
+        mid = (low + high) / 2
+        if np.maximum(np.abs(v) - mid, 0).sum() > eps:
+            low = mid
+        else:
+            high = mid
+    return np.sign(v) * np.maximum(np.abs(v) - high, 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_l1_projection_matches_numpy_reference(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    delta = torch.randn(8, 1, 6, 6, generator=gen, dtype=torch.float64) * 2
+    eps = 3.0
+    ours = project_l1_ball(delta, eps).numpy()
+    for i in range(delta.shape[0]):
+        ref = numpy_l1_projection(delta[i].numpy().ravel(), eps)
+        np.testing.assert_allclose(ours[i].ravel(), ref, atol=1e-9)
+
+
+def test_l2_projection_matches_numpy_reference() -> None:
+    gen = torch.Generator().manual_seed(1)
+    delta = torch.randn(16, 3, 4, 4, generator=gen, dtype=torch.float64)
+    eps = 2.0
+    ours = project_delta(delta, "l2", eps).numpy().reshape(16, -1)
+    flat = delta.numpy().reshape(16, -1)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    ref = np.where(norms > eps, flat * eps / norms, flat)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_projection_keeps_points_inside_unchanged() -> None:
+    delta = torch.full((2, 1, 3, 3), 0.01)
+    for norm in ("linf", "l2", "l1"):
+        assert torch.equal(project_delta(delta, norm, 1.0), delta)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    norm=st.sampled_from(["linf", "l2", "l1"]),
+    eps=st.floats(0.0, 5.0),
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.01, 10.0),
+)
+def test_project_lands_in_ball_and_bounds(norm: str, eps: float, seed: int, scale: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x = torch.rand(4, 1, 5, 5, generator=gen)
+    x_adv = x + scale * torch.randn(4, 1, 5, 5, generator=gen)
+    out = threat.project(x_adv, x)
+    assert bool(threat.contains(out, x, tol=1e-6).all())
+    # Projecting again changes (almost) nothing.
+    assert torch.allclose(threat.project(out, x), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_random_init_inside_ball_and_seeded(norm: str) -> None:
+    threat = ThreatModel(norm=norm, eps=0.5 if norm == "linf" else 3.0)  # type: ignore[arg-type]
+    x = torch.full((64, 1, 8, 8), 0.5)
+    a = threat.random_init(x, torch.Generator().manual_seed(3))
+    b = threat.random_init(x, torch.Generator().manual_seed(3))
+    c = threat.random_init(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert bool(threat.contains(a, x).all())
+    sizes = norm_of(a - x, norm)  # type: ignore[arg-type]
+    # A uniform draw in the ball: not all at the centre, spread over radii.
+    assert float(sizes.min()) > 0 and float(sizes.std()) > 0
+
+
+def test_uniform_l2_radius_distribution() -> None:
+    # For a uniform draw in a d-ball, (r / eps)^d is uniform on [0, 1]: its mean is 1/2.
+    threat = ThreatModel(norm="l2", eps=1.0, bounds=(-100.0, 100.0))
+    x = torch.zeros(4000, 1, 2, 2, dtype=torch.float64)
+    r = norm_of(threat.random_init(x, torch.Generator().manual_seed(0)) - x, "l2")
+    assert abs(float((r**4).mean()) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"norm": "l3"}, "unknown norm"),
+        ({"eps": -0.1}, "eps must be"),
+        ({"eps": float("nan")}, "eps must be"),
+        ({"bounds": (1.0, 0.0)}, "bounds must be"),
+    ],
+)
+def test_invalid_threat_models_are_refused(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ThreatModel(**kwargs)  # type: ignore[arg-type]
+
+
+def test_contains_flags_points_outside() -> None:
+    threat = ThreatModel(norm="linf", eps=0.1)
+    x = torch.full((2, 1, 2, 2), 0.5)
+    x_adv = x.clone()
+    x_adv[1, 0, 0, 0] += 0.2
+    assert threat.contains(x_adv, x).tolist() == [True, False]
