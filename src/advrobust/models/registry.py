@@ -39,6 +39,15 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_options(name: str) -> list[str]:
+    """The extra keyword options the architecture ``name`` takes (e.g. ``input_size``)."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown model {name!r}: pick one of {', '.join(list_models())}")
+    params = inspect.signature(factory).parameters
+    return [p for p in params if p not in ("num_classes", "in_channels")]
+
+
 class Classifier(nn.Module):
     """A network with its input normalization inside: float inputs in [0, 1] to logits.
 
