@@ -17,9 +17,13 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "advrobust" / "data"
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, build, and print where the files went."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", type=Path, required=True, help="folder with the four MNIST .gz files")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: the package's)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: the package's)"
+    )
     parser.add_argument("--seed", type=int, default=SEED, help=f"selection seed (default {SEED})")
     args = parser.parse_args(argv)
     meta = build_mnist_mini(args.source, args.out, seed=args.seed)
