@@ -50,7 +50,7 @@ def test_bad_labels_are_named(y: torch.Tensor, match: str) -> None:
 
 def test_probability_outputs_are_refused() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.Softmax(dim=1))
-    with pytest.raises(InputError, match="probabilities.*remove the final softmax"):
+    with pytest.raises(InputError, match=r"probabilities.*remove the final softmax"):
         check_model_io(model, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 3]))
 
 

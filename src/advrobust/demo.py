@@ -30,7 +30,8 @@ class DemoOutcome:
 def run_demo(
     out: str | Path = "advrobust-demo",
     *,
-    epochs: int = 5,
+    epochs: int = 6,
+    batch_size: int = 32,
     seed: int = 0,
     eps: Sequence[float] = (0.1, 0.2, 0.3),
     steps: int = 40,

@@ -19,6 +19,7 @@ from advrobust.training.checkpoint import load_checkpoint, save_checkpoint
 from advrobust.training.objectives import Objective, Standard
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PROGRESS_EVERY = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,7 +192,8 @@ def train(
             loss_sum += loss.detach() * x.shape[0]
             correct += (logits.detach().argmax(dim=1) == y).sum()
             seen += x.shape[0]
-            if progress is not None:
+            # Reporting forces a device sync, so it happens every few steps, not every step.
+            if progress is not None and (step % PROGRESS_EVERY == 0 or step + 1 == steps):
                 elapsed = max(time.perf_counter() - tick, 1e-9)
                 progress(
                     StepInfo(
@@ -199,7 +201,7 @@ def train(
                         config.epochs,
                         step + 1,
                         steps,
-                        float(loss),
+                        float(loss.detach()),
                         int(correct) / seen,
                         seen / elapsed,
                     )

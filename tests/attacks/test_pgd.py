@@ -1,0 +1,136 @@
+"""PGD on a really trained small CNN: bounds, strength ordering, restarts, seeds, targets, side effects."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.attacks import FGSM, PGD, Attack
+from advrobust.errors import ConfigError, InputError
+from advrobust.threat import ThreatModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0), ("l1", 10.0)])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_pgd_bounds_and_drop(trained_cnn: nn.Module, batch: Batch, norm: str, eps: float, loss: str) -> None:
+    x, y = batch
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x_adv = PGD(threat=threat, steps=20, loss=loss)(
+        trained_cnn, x, y, generator=torch.Generator().manual_seed(0)
+    )  # type: ignore[arg-type]
+    assert float(threat.distance(x_adv, x).max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    clean = float(correct(trained_cnn, x, y).float().mean())
+    robust = float(correct(trained_cnn, x_adv, y).float().mean())
+    assert robust < clean - 0.2
+
+
+def test_pgd_linf_03_breaks_a_normal_model(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    x_adv = PGD(threat=ThreatModel(eps=0.3), steps=40)(
+        trained_cnn, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    assert float(correct(trained_cnn, x_adv, y).float().mean()) < 0.05
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_pgd_finds_at_least_what_fgsm_finds(trained_cnn: nn.Module, batch: Batch, eps: float) -> None:
+    x, y = batch
+    threat = ThreatModel(eps=eps)
+    fgsm_ok = correct(trained_cnn, FGSM(threat=threat)(trained_cnn, x, y), y)
+    pgd_ok = correct(
+        trained_cnn,
+        PGD(threat=threat, steps=40)(trained_cnn, x, y, generator=torch.Generator().manual_seed(0)),
+        y,
+    )
+    assert int(pgd_ok.sum()) <= int(fgsm_ok.sum())
+    assert float(pgd_ok.float().mean()) < float(fgsm_ok.float().mean())
+
+
+def test_more_restarts_break_a_superset(trained_cnn: nn.Module, batch: Batch) -> None:
+    # The first restart draws the same start from the same seed, and each sample keeps its best point.
+    x, y = batch
+    threat = ThreatModel(eps=0.08)
+    one = PGD(threat=threat, steps=10, restarts=1)(
+        trained_cnn, x, y, generator=torch.Generator().manual_seed(5)
+    )
+    three = PGD(threat=threat, steps=10, restarts=3)(
+        trained_cnn, x, y, generator=torch.Generator().manual_seed(5)
+    )
+    fooled_one = ~correct(trained_cnn, one, y)
+    fooled_three = ~correct(trained_cnn, three, y)
+    assert bool((fooled_three | ~fooled_one).all())  # every sample broken by one restart stays broken
+    assert int(fooled_three.sum()) >= int(fooled_one.sum())
+
+
+def test_seed_reproduces_and_differs(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    attack = PGD(threat=ThreatModel(eps=0.1), steps=5)
+    a = attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(1))
+    b = attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(1))
+    c = attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_targeted_pgd_reaches_targets(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    targets = (y + 1) % 10
+    x_adv = PGD(threat=ThreatModel(eps=0.3), steps=40)(
+        trained_cnn, x, y, targets=targets, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        hit = float((trained_cnn(x_adv).argmax(1) == targets).float().mean())
+    assert hit > 0.8
+    with pytest.raises(ConfigError, match="targets equal the true labels"):
+        PGD(threat=ThreatModel(eps=0.3), steps=1)(trained_cnn, x, y, targets=y)
+    with pytest.raises(InputError, match="targets"):
+        PGD(threat=ThreatModel(eps=0.3), steps=1)(trained_cnn, x, y, targets=targets + 10)
+
+
+def test_attack_leaves_model_untouched(batch: Batch) -> None:
+    x, y = batch
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)
+    )
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    PGD(threat=ThreatModel(eps=0.1), steps=3)(model, x[:16], y[:16])
+    assert model.training and model[1].training
+    assert all(p.grad is None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm statistics untouched
+
+
+def test_base_class_projects_whatever_run_returns(trained_cnn: nn.Module, batch: Batch) -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Wild(Attack):
+        def run(self, model, x, y, targets, generator):  # type: ignore[no-untyped-def]
+            return x + 5.0 * torch.randn_like(x)
+
+    x, y = batch
+    threat = ThreatModel(norm="l2", eps=1.0)
+    out = Wild(threat=threat)(trained_cnn, x, y)
+    assert bool(threat.contains(out, x).all())
+
+
+def test_input_errors_surface(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    attack = PGD(threat=ThreatModel(eps=0.1), steps=1)
+    with pytest.raises(InputError, match="divide by 255"):
+        attack(trained_cnn, x * 255, y)
+    with pytest.raises(InputError, match="10 classes"):
+        attack(trained_cnn, x, y + 10)
+    with pytest.raises(ConfigError, match="steps"):
+        PGD(threat=ThreatModel(), steps=0)

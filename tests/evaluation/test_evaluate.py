@@ -1,0 +1,94 @@
+"""evaluate(): per-sample worst case, cascade, seeds, JSON schema, on a really trained CNN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.attacks import FGSM, PGD
+from advrobust.data import ImageDataset
+from advrobust.errors import ConfigError, InputError
+from advrobust.evaluation import SCHEMA, EvalResult, evaluate, load_results, save_run
+from advrobust.threat import ThreatModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def test_worst_case_over_attacks(trained_cnn: nn.Module, batch: Batch) -> None:
+    threat = ThreatModel(eps=0.1)
+    attacks = [FGSM(threat=threat), PGD(threat=threat, steps=20)]
+    result = evaluate(trained_cnn, batch, attacks, cascade=False, batch_size=64)
+    clean = torch.tensor(result.clean_correct)
+    robust = torch.tensor(result.robust_correct)
+    assert result.n == 200
+    assert result.clean.value > 0.9
+    assert result.robust.value < result.clean.value
+    assert bool((robust <= clean).all())  # robust implies clean-correct
+    # Worst case per sample: robust only if every attack failed on it.
+    assert result.robust.correct <= min(a.accuracy.correct for a in result.attacks)
+    assert all(a.violations == 0 for a in result.attacks)
+    assert result.attacks[1].accuracy.value <= result.attacks[0].accuracy.value
+
+
+def test_cascade_gives_the_same_robust_accuracy_for_less_work(trained_cnn: nn.Module, batch: Batch) -> None:
+    threat = ThreatModel(eps=0.1)
+    attacks = [FGSM(threat=threat), PGD(threat=threat, steps=10, random_start=False)]
+    full = evaluate(trained_cnn, batch, attacks, cascade=False, batch_size=200)
+    cascade = evaluate(trained_cnn, batch, attacks, cascade=True, batch_size=200)
+    assert cascade.robust_correct == full.robust_correct
+    assert cascade.attacks[1].attacked < full.attacks[1].attacked
+    assert cascade.attacks[-1].accuracy.correct == cascade.robust.correct
+    broken = torch.tensor(cascade.broken_by)
+    assert int((broken == -2).sum()) == cascade.n - cascade.clean.correct
+    assert int((broken == -1).sum()) == cascade.robust.correct
+
+
+def test_dataset_and_tensor_inputs_agree_and_seed_reproduces(
+    trained_cnn: nn.Module, mini_test: ImageDataset, batch: Batch
+) -> None:
+    threat = ThreatModel(eps=0.1)
+    attacks = [PGD(threat=threat, steps=5)]
+    a = evaluate(trained_cnn, mini_test.take(200), attacks, batch_size=50, seed=3)
+    b = evaluate(trained_cnn, batch, attacks, batch_size=50, seed=3)
+    c = evaluate(trained_cnn, batch, attacks, batch_size=50, seed=4)
+    assert a.robust_correct == b.robust_correct
+    assert a.clean_correct == b.clean_correct
+    assert c.seed == 4 and b.seed == 3
+
+
+def test_json_round_trip(tmp_path: Path, trained_cnn: nn.Module, batch: Batch) -> None:
+    threat = ThreatModel(eps=0.2)
+    result = evaluate(trained_cnn, batch, [FGSM(threat=threat)], meta={"note": "x"})
+    path = result.save_json(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    assert data["schema"] == SCHEMA
+    assert set(data) >= {"threat", "clean", "robust", "attacks", "per_sample", "seconds", "n", "seed"}
+    assert data["robust"]["ci_low"] <= data["robust"]["value"] <= data["robust"]["ci_high"]
+    assert EvalResult.load_json(path) == result
+    save_run(tmp_path / "run.json", [result, result], meta={})
+    assert load_results(tmp_path / "run.json") == [result, result]
+
+
+def test_mixed_threat_models_are_refused(trained_cnn: nn.Module, batch: Batch) -> None:
+    with pytest.raises(ConfigError, match="same one"):
+        evaluate(trained_cnn, batch, [FGSM(threat=ThreatModel(eps=0.1)), FGSM(threat=ThreatModel(eps=0.2))])
+    with pytest.raises(ConfigError, match="no attacks"):
+        evaluate(trained_cnn, batch, [])
+
+
+def test_bad_data_is_refused(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    attacks = [FGSM(threat=ThreatModel(eps=0.1))]
+    with pytest.raises(InputError, match="divide by 255"):
+        evaluate(trained_cnn, (x * 255, y), attacks)
+    with pytest.raises(InputError, match="labels"):
+        evaluate(trained_cnn, (x, y[:-1]), attacks)
+    with pytest.raises(InputError, match=r"labels span \[0, 12\]"):
+        evaluate(trained_cnn, (x[:2], torch.tensor([0, 12])), attacks)
+    probs = nn.Sequential(trained_cnn, nn.Softmax(dim=1))
+    with pytest.raises(InputError, match="probabilities"):
+        evaluate(probs, batch, attacks)

@@ -1,0 +1,133 @@
+"""The `advrobust` command end to end: train, eval, YAML config, JSON output, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advrobust import __version__
+from advrobust.cli import main
+from advrobust.evaluation import load_results
+from advrobust.models import read_card
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "advrobust", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_version_and_help() -> None:
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"advrobust {__version__}"
+    helped = run_cli("eval", "--help")
+    assert helped.returncode == 0
+    for option in ("--model", "--eps", "--norm", "--attack", "--steps", "--json", "--config"):
+        assert option in helped.stdout
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "mnist-std"
+    code = main(
+        ["train", "--data", "mnist-mini", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--quiet"]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_run_directory(run_dir: Path) -> None:
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "model.safetensors",
+        "card.json",
+        "checkpoint.pt",
+        "history.json",
+    }
+    card = read_card(run_dir)
+    assert card.arch == "small-cnn" and card.dataset == "mnist-mini"
+    assert card.training["objective"]["name"] == "standard"
+    assert card.metrics["clean_accuracy"] > 0.9
+
+
+def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(run_dir),
+            "--data",
+            "mnist-mini",
+            "--n",
+            "200",
+            "--eps",
+            "0.1",
+            "0.3",
+            "--attack",
+            "fgsm",
+            "pgd",
+            "--steps",
+            "10",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == "advrobust.run/1"
+    results = load_results(out)
+    assert [r.threat["eps"] for r in results] == [0.1, 0.3]
+    assert results[1].robust.value < results[0].robust.value < results[0].clean.value
+    assert [a.name for a in results[0].attacks] == ["fgsm", "pgd"]
+    assert results[0].attacks[1].params["steps"] == 10
+
+
+def test_yaml_config_with_flag_override(run_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        f"model: {run_dir}\ndata: mnist-mini\nn: 100\neps: 0.2\nattack: [fgsm]\njson: {tmp_path / 'a.json'}\n"
+    )
+    assert main(["eval", "--config", str(config), "--eps", "0.05", "--quiet"]) == 0
+    [result] = load_results(tmp_path / "a.json")
+    assert result.threat["eps"] == 0.05 and result.n == 100
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--model", "no/such/run"], "no model at"),
+        (["eval", "--model", "RUN", "--attack", "nope"], "unknown attack 'nope'"),
+        (["eval", "--model", "RUN", "--attack", "fgsm", "--steps", "3"], "--steps applies to none"),
+        (["eval", "--model", "RUN", "--eps", "-1"], "eps"),
+        (["train", "--data", "no-such-data", "--out", "OUT"], "neither a known dataset"),
+        (["train", "--data", "mnist", "--root", "EMPTY", "--out", "OUT"], "download"),
+        (["train", "--epochs", "0", "--out", "OUT"], "epochs"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    args: list[str], message: str, run_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    swap = {"RUN": str(run_dir), "OUT": str(tmp_path / "o"), "EMPTY": str(tmp_path / "empty")}
+    done = run_cli(*[swap.get(a, a) for a in args])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert message in lines[0]
+
+
+def test_bad_yaml_names_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text("epochs: many\nbatch-size: 0\n")
+    done = run_cli("train", "--config", str(config), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    assert "epochs" in done.stderr and "batch-size" in done.stderr
+    config.write_text("unknown_option: 1\n")
+    done = run_cli("train", "--config", str(config))
+    assert done.returncode == 2 and "unknown-option" in done.stderr
