@@ -25,6 +25,7 @@ def _ids(loader: BatchLoader, data: ImageDataset) -> list[int]:
     flat = data.images.reshape(len(data), -1).float() / 255
     out: list[int] = []
     for x, _ in loader:
+        x = x.cpu()
         match = (x.reshape(x.shape[0], 1, -1) == flat.unsqueeze(0)).all(dim=2)
         out.extend(match.float().argmax(dim=1).tolist())
     return out
@@ -91,6 +92,22 @@ def test_indices_give_shards() -> None:
 def test_device_argument() -> None:
     x, y = next(iter(BatchLoader(_dataset(), batch_size=3, device="cpu")))
     assert x.device == torch.device("cpu") and y.device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_and_generator() -> None:
+    data = _dataset()
+    make = lambda: BatchLoader(  # noqa: E731
+        data,
+        batch_size=4,
+        shuffle=True,
+        generator=torch.Generator(device="cuda").manual_seed(0),
+        device="cuda",
+    )
+    x, y = next(iter(make()))
+    assert x.device.type == "cuda" and y.device.type == "cuda" and x.dtype == torch.float32
+    order = _ids(make(), data)
+    assert sorted(order) == list(range(23)) and _ids(make(), data) == order
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,21 @@ def test_recompressed_copy_passes_by_content(
     assert data.source["t10k-images-idx3-ubyte.gz"] == f"md5-gunzipped:{fake_mnist.spec.test[0].raw_md5}"
 
 
+def test_gunzipped_copies_are_accepted_by_content(fake_mnist: SimpleNamespace, tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, blob in fake_mnist.blobs.items():
+        (folder / name.removesuffix(".gz")).write_bytes(gzip.decompress(blob))
+    data = load_dataset("mnist", split="train", root=tmp_path)
+    _expect(data.images, fake_mnist.arrays["train-images"])
+    assert data.source["train-labels-idx1-ubyte.gz"] == f"md5-gunzipped:{fake_mnist.spec.train[1].raw_md5}"
+    raw = folder / "train-labels-idx1-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-1] + b"\x00")  # the last label was 9
+    os.utime(raw, ns=(1, 1))  # the cache keys on mtime, which a write in the same clock tick may not move
+    with pytest.raises(ChecksumError, match="train-labels-idx1-ubyte: md5"):
+        load_dataset("mnist", split="train", root=tmp_path)
+
+
 def test_verification_is_cached_per_file_version(
     fake_mnist: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

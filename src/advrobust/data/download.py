@@ -28,10 +28,10 @@ _TIMEOUT_S = 60.0
 _TRIES = 3
 _BACKOFF_S = 1.0
 
-# (resolved path, size, mtime_ns, accepted digests) -> the digest that matched, for files already verified
-# in this process, so that loading a dataset again does not hash it again; a rewritten file has a new
-# size or mtime and is verified afresh.
-_VERIFIED: dict[tuple[str, int, int, frozenset[str]], str] = {}
+# (resolved path, inode, size, mtime_ns, ctime_ns, accepted digests) -> the digest that matched, for files
+# verified earlier in this process, so that loading a dataset again does not hash it again; a replaced or
+# rewritten file gets a new key and is verified afresh.
+_VERIFIED: dict[tuple[str, int, int, int, int, frozenset[str]], str] = {}
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -66,9 +66,9 @@ def resolve_mirror(mirror: str | None, default: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def _key(path: Path, accepted: frozenset[str]) -> tuple[str, int, int, frozenset[str]]:
+def _key(path: Path, accepted: frozenset[str]) -> tuple[str, int, int, int, int, frozenset[str]]:
     stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, accepted)
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, accepted)
 
 
 def verified_digest(path: Path, accepted: Collection[str]) -> str | None:

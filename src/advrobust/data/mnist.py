@@ -110,7 +110,8 @@ def load_idx_dataset(
     spec = SOURCES[name]
     dirs = search_dirs(data_root(root), name)
     wanted = spec.train if split == "train" else spec.test
-    found = {f.filename: find_file(dirs, f.filename) for f in wanted}
+    # A gunzipped copy (same name without .gz) is accepted too, checked against the content MD5.
+    found = {f.filename: find_file(dirs, f.filename) or find_file(dirs, f.filename[:-3]) for f in wanted}
     missing = [f for f in wanted if found[f.filename] is None]
     if missing and not download:
         names = ", ".join(f.filename for f in missing)
@@ -159,6 +160,15 @@ def read_verified_idx(path: Path, spec: IdxFile) -> tuple[npt.NDArray[np.uint8],
     official, content = f"md5:{spec.md5}", f"md5-gunzipped:{spec.raw_md5}"
     accepted = (official, content)
     matched = verified_digest(path, accepted)
+    if path.suffix != ".gz":  # an already gunzipped copy
+        got = spec.raw_md5 if matched is not None else md5_hex(data)
+        if got != spec.raw_md5:
+            raise ChecksumError(
+                f"{path}: md5 {got} differs from the official {spec.raw_md5}; "
+                "delete the file and download it again (download=True / --download)"
+            )
+        remember_verified(path, accepted, content)
+        return parse_idx(data, source=str(path), ndim=spec.ndim), content
     if matched is not None:
         return read_idx(data, source=str(path), ndim=spec.ndim), matched
     got = md5_hex(data)
