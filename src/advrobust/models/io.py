@@ -219,9 +219,11 @@ def _parse_safetensors(data: bytes, source: Path) -> dict[str, Tensor]:
         )
     try:
         return safetensors.torch.load(data)
-    # Hostile bytes can surface as SafetensorError but also as other errors from the parser and torch;
-    # every one of them means the same thing here: not a readable weights file.
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # Hostile bytes can surface as SafetensorError, as other errors from the parser and torch, or as a Rust
+    # panic (pyo3's PanicException is a BaseException); all mean the same here: not a readable weights file.
+    except BaseException as exc:
         raise ModelFileError(f"{source} is not a valid safetensors file ({_one_line(exc)}): {fix}") from exc
 
 
@@ -240,8 +242,9 @@ def load_model(path: PathLike, *, device: str | torch.device | None = None) -> n
     state = _parse_safetensors(_read_verified(weights, card, card_path), weights)
     try:
         model = _rebuild_on_meta(card)
-    except ConfigError as exc:
-        raise ModelFileError(f"{card_path} cannot rebuild the model: {exc}") from None
+    # The card's model_kwargs are file content: a value of the wrong type is a bad file, not a bug.
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{card_path} cannot rebuild the model: {_one_line(exc)}") from None
     problem = _state_mismatch(model.state_dict(), state)
     if problem:
         raise ModelFileError(

@@ -92,7 +92,11 @@ class WideResNet(nn.Module):
             )
         if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
             raise ConfigError(f"widen_factor must be an integer >= 1, got {widen_factor!r}: pass e.g. 10")
-        if not 0.0 <= drop_rate < 1.0:
+        if (
+            isinstance(drop_rate, bool)
+            or not isinstance(drop_rate, (int, float))
+            or not 0.0 <= drop_rate < 1.0
+        ):
             raise ConfigError(f"drop_rate must be in [0, 1), got {drop_rate!r}: pass e.g. 0.0 or 0.3")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
