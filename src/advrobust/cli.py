@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", default="advrobust-demo", help="folder for the model and results (default: %(default)s)"
     )
-    demo.add_argument("--epochs", type=int, default=6, help="training epochs (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 

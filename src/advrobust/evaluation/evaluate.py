@@ -26,7 +26,7 @@ def _batches(data: Any, batch_size: int, device: torch.device) -> tuple[Batches,
     if isinstance(data, ImageDataset):
         return BatchLoader(data, batch_size=batch_size, device=device), len(data)
     if isinstance(data, BatchLoader):
-        return data, len(data.indices) if getattr(data, "indices", None) is not None else len(data.dataset)
+        return data, data.num_samples
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
         if x.shape[0] != y.shape[0]:
