@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from advrobust.errors import ConfigError
-from advrobust.models import Classifier, Normalize, create_model, list_models, register_model, registry
+from advrobust.models import (
+    Classifier,
+    Normalize,
+    create_model,
+    list_models,
+    model_options,
+    register_model,
+    registry,
+)
 
 
 def test_builtin_architectures_are_registered() -> None:
@@ -68,3 +76,15 @@ def test_bad_arguments_are_config_errors(kwargs: dict[str, object], words: str) 
 
 def test_classifier_type() -> None:
     assert isinstance(create_model("madry-cnn"), Classifier)
+
+
+def test_model_options_lists_extra_keywords() -> None:
+    assert model_options("small-cnn") == ["input_size"]
+    assert model_options("preact-resnet18") == []
+    assert model_options("wrn-28-10") == ["depth", "widen_factor", "drop_rate"]
+    with pytest.raises(ConfigError, match="unknown model 'x'"):
+        model_options("x")
+    with pytest.raises(
+        ConfigError, match=r"'preact-resnet18' does not take option\(s\) \['depth'\]: use only no extra"
+    ):
+        create_model("preact-resnet18", depth=3)

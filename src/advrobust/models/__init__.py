@@ -7,7 +7,7 @@ from advrobust.models import cnn, resnet, wrn  # noqa: F401
 from advrobust.models.card import ModelCard
 from advrobust.models.io import load_model, read_card, save_model
 from advrobust.models.normalize import Normalize
-from advrobust.models.registry import Classifier, create_model, list_models, register_model
+from advrobust.models.registry import Classifier, create_model, list_models, model_options, register_model
 
 __all__ = [
     "Classifier",
@@ -16,6 +16,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_model",
+    "model_options",
     "read_card",
     "register_model",
     "save_model",

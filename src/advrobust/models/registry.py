@@ -144,9 +144,8 @@ def _check_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> N
     try:
         inspect.signature(factory).bind(num_classes=0, in_channels=0, **kwargs)
     except TypeError:
-        params = inspect.signature(factory).parameters
-        accepted = [p for p in params if p not in ("num_classes", "in_channels")]
-        unknown = sorted(set(kwargs) - set(params))
+        accepted = model_options(name)
+        unknown = sorted(set(kwargs) - set(accepted))
         raise ConfigError(
             f"model {name!r} does not take option(s) {unknown}: use only {accepted or 'no extra options'}"
         ) from None
