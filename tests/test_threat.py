@@ -115,3 +115,16 @@ def test_contains_flags_points_outside() -> None:
     x_adv = x.clone()
     x_adv[1, 0, 0, 0] += 0.2
     assert threat.contains(x_adv, x).tolist() == [True, False]
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("l1", 10.0), ("l1", 0.5), ("l2", 2.0), ("l2", 0.05)])
+def test_float32_projection_holds_to_1e6_in_mnist_dimensions(norm: str, eps: float) -> None:
+    # Float32 rounding in x + delta must not push a 784-pixel perturbation past eps.
+    gen = torch.Generator().manual_seed(11)
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x = torch.rand(256, 1, 28, 28, generator=gen)
+    x_adv = x + torch.randn(256, 1, 28, 28, generator=gen)
+    out = threat.project(x_adv, x)
+    assert out.dtype == torch.float32
+    assert float(threat.distance(out, x).max()) <= eps + 1e-6
+    assert bool(threat.contains(out, x, tol=0.0).all())

@@ -113,7 +113,16 @@ class ThreatModel:
         """
         radius = self.eps if eps is None else eps
         delta = project_delta(x_adv - x, self.norm, radius)
-        return self.clamp(x + delta)
+        out = self.clamp(x + delta)
+        if self.norm == "linf":
+            return out
+        # Rounding in x + delta can push an l2/l1 norm a hair past eps; shrink those samples back inside.
+        size = self.distance(out, x)
+        limit = torch.as_tensor(radius, dtype=torch.float64, device=x.device)
+        over = size > limit
+        factor = torch.where(over, limit / size.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(size))
+        shrunk = self.clamp(x + (out - x) * factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))))
+        return torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), shrunk, out)
 
     def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A point drawn uniformly from the eps-ball around x (then clipped to bounds)."""
@@ -140,8 +149,8 @@ class ThreatModel:
         return self.clamp(x + delta)
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Per-sample perturbation size in this norm. Shape: (N,)."""
-        return norm_of(x_adv - x, self.norm)
+        """Per-sample perturbation size in this norm, computed in float64. Shape: (N,)."""
+        return norm_of(x_adv.double() - x.double(), self.norm)
 
     def contains(self, x_adv: Tensor, x: Tensor, tol: float = 1e-6) -> Tensor:
         """Per-sample check that x_adv is within eps (+tol) of x and inside bounds (+-tol). Shape: (N,) bool."""
