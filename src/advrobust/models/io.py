@@ -102,8 +102,8 @@ def save_model(model: nn.Module, path: PathLike, card: ModelCard) -> Path:
     state = net.state_dict()
     try:
         reference = _rebuild_on_meta(card).state_dict()
-    except ConfigError as exc:
-        raise ConfigError(f"the card cannot rebuild the model: {exc}") from None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"the card cannot rebuild the model: {_one_line(exc)}") from None
     problem = _state_mismatch(reference, state) or _normalization_mismatch(state, card)
     if problem:
         raise ConfigError(
