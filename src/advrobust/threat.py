@@ -120,7 +120,9 @@ class ThreatModel:
         size = self.distance(out, x)
         limit = torch.as_tensor(radius, dtype=torch.float64, device=x.device)
         over = size > limit
-        factor = torch.where(over, limit / size.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(size))
+        # Aim a little inside: the rescaled point is rounded again (about 1e-6 absolute in 784 dims).
+        target = limit - torch.minimum(limit * 0.01, 2e-6 + limit * 1e-5)
+        factor = torch.where(over, target / size.clamp_min(1e-30), torch.ones_like(size))
         shrunk = self.clamp(x + (out - x) * factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))))
         return torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), shrunk, out)
 
