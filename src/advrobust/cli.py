@@ -194,9 +194,10 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     trained = outcome.trained
     clean = trained.card.metrics.get("clean_accuracy", float("nan"))
     console.print(
-        f"trained {trained.card.arch} for {len(trained.result.history)} epochs on "
-        f"{trained.card.training['samples']} images in {trained.result.seconds:.1f} s; clean test accuracy {_pct(clean)}"
+        f"trained {trained.card.arch} on {trained.card.training['samples']} images, "
+        f"{len(trained.result.history)} epochs, {trained.result.seconds:.1f} s"
     )
+    console.print(f"clean test accuracy: {_pct(clean)}")
     table = Table(title="Robust accuracy under linf attacks (1,000 test images, 95% CI)")
     table.add_column("eps", justify="right")
     table.add_column("clean", justify="right")
