@@ -218,9 +218,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             f"{sum(a.seconds for a in result.attacks):.1f} s",
         )
     console.print(table)
-    console.print(
-        f"model: {trained.path}   results: {outcome.results_path}   total time: {outcome.seconds:.0f} s"
-    )
+    console.print(f"model: {trained.path}   results: {outcome.results_path}")
+    console.print(f"total time: {outcome.seconds:.0f} s")
     return 0
 
 
