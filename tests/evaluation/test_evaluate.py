@@ -92,3 +92,48 @@ def test_bad_data_is_refused(trained_cnn: nn.Module, batch: Batch) -> None:
     probs = nn.Sequential(trained_cnn, nn.Softmax(dim=1))
     with pytest.raises(InputError, match="probabilities"):
         evaluate(probs, batch, attacks)
+
+
+def test_interrupted_evaluation_resumes_from_its_state_file(
+    tmp_path: Path, trained_cnn: nn.Module, batch: Batch
+) -> None:
+    threat = ThreatModel(eps=0.1)
+    attacks = [PGD(threat=threat, steps=5)]
+    straight = evaluate(trained_cnn, batch, attacks, batch_size=50, seed=1)
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 100:
+            raise StopError
+
+    state = tmp_path / "state.json"
+    with pytest.raises(StopError):
+        evaluate(
+            trained_cnn, batch, attacks, batch_size=50, seed=1, state_path=state, progress=stop_after_two
+        )
+    assert len(json.loads(state.read_text())["batches"]) == 2
+    resumed = evaluate(trained_cnn, batch, attacks, batch_size=50, seed=1, state_path=state)
+    assert resumed.meta["resumed_batches"] == 2
+    assert resumed.robust_correct == straight.robust_correct
+    assert resumed.attacks[0].attacked == straight.attacks[0].attacked
+    with pytest.raises(ConfigError, match="another evaluation"):
+        evaluate(trained_cnn, batch, attacks, batch_size=50, seed=2, state_path=state)
+
+
+def test_batches_are_seeded_independently(trained_cnn: nn.Module, batch: Batch) -> None:
+    # The second half evaluated alone gets the same randomness as inside the full run (batch index aside).
+    threat = ThreatModel(eps=0.1)
+    attacks = [PGD(threat=threat, steps=3)]
+    full = evaluate(trained_cnn, batch, attacks, batch_size=100, seed=0)
+    x, y = batch
+    first = evaluate(trained_cnn, (x[:100], y[:100]), attacks, batch_size=100, seed=0)
+    assert full.robust_correct[:100] == first.robust_correct
+
+
+def test_suite_by_name_needs_a_threat(trained_cnn: nn.Module, batch: Batch) -> None:
+    with pytest.raises(ConfigError, match="needs a threat model"):
+        evaluate(trained_cnn, batch, "quick")
+    with pytest.raises(ConfigError, match="unknown suite"):
+        evaluate(trained_cnn, batch, "strongest", threat=ThreatModel())

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,16 +15,18 @@ from torch import Tensor, nn
 
 from advrobust.attacks.base import Attack
 from advrobust.contract import check_inputs, check_labels, check_outputs, eval_mode
-from advrobust.errors import ConfigError, InputError
+from advrobust.errors import ConfigError, DataError, InputError
 from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
+from advrobust.fileio import atomic_write_json
 from advrobust.threat import ThreatModel
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 ProgressFn = Callable[[int, int], None]
+STATE_FORMAT = "advrobust.eval-state/1"
 
 
 def _batches(data: Any, batch_size: int, device: torch.device) -> tuple[Batches, int]:
-    """Accept an (x, y) pair of tensors, an ImageDataset, or any iterable of (x, y) batches."""
+    """Accept an (x, y) pair of tensors, an ImageDataset, a BatchLoader or any iterable of (x, y) batches."""
     from advrobust.data import BatchLoader, ImageDataset
 
     if isinstance(data, ImageDataset):
@@ -46,10 +52,110 @@ def _time() -> float:
     return time.perf_counter()
 
 
+def batch_seed(seed: int, batch: int, attack: int) -> int:
+    """The seed of attack ``attack`` on batch ``batch``: batches are independent, so a run can resume or shard."""
+    digest = hashlib.sha256(f"advrobust/{seed}/{batch}/{attack}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class _BatchRecord:
+    """What one batch contributed; JSON-able so that an interrupted evaluation can resume."""
+
+    clean: list[bool]
+    robust: list[bool]
+    broken: list[int]
+    survived: list[int]
+    attacked: list[int]
+    violations: list[int]
+    seconds: list[float]
+    clean_seconds: float
+
+
+def _run_batch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[Attack],
+    threat: ThreatModel,
+    *,
+    cascade: bool,
+    seed: int,
+    index: int,
+) -> _BatchRecord:
+    tick = _time()
+    with torch.no_grad():
+        clean_ok = model(x).argmax(dim=1) == y
+    clean_seconds = _time() - tick
+    robust_ok = clean_ok.clone()
+    broken = torch.where(clean_ok, -1, -2)
+    k = len(attacks)
+    survived, attacked, violations, seconds = [0] * k, [0] * k, [0] * k, [0.0] * k
+    for i, attack in enumerate(attacks):
+        idx = (robust_ok if cascade else clean_ok).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, index, i))
+        tick = _time()
+        x_adv = attack(model, x[idx], y[idx], generator=generator, check=False)
+        with torch.no_grad():
+            ok = model(x_adv).argmax(dim=1) == y[idx]
+        seconds[i] = _time() - tick
+        violations[i] = int((~threat.contains(x_adv, x[idx])).sum())
+        attacked[i] = idx.numel()
+        survived[i] = int(ok.sum())
+        newly = idx[~ok & robust_ok[idx]]
+        broken[newly] = i
+        robust_ok[idx[~ok]] = False
+    return _BatchRecord(
+        clean=clean_ok.cpu().tolist(),
+        robust=robust_ok.cpu().tolist(),
+        broken=broken.cpu().tolist(),
+        survived=survived,
+        attacked=attacked,
+        violations=violations,
+        seconds=seconds,
+        clean_seconds=clean_seconds,
+    )
+
+
+def _fingerprint(
+    attacks: Sequence[Attack], threat: ThreatModel, seed: int, cascade: bool, batch_size: int
+) -> str:
+    spec = {
+        "threat": threat.to_dict(),
+        "attacks": [[a.name, a.params()] for a in attacks],
+        "seed": seed,
+        "cascade": cascade,
+        "batch_size": batch_size,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_state(path: Path, fingerprint: str) -> list[_BatchRecord]:
+    if not path.exists():
+        return []
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError("unknown format")
+        records = [_BatchRecord(**r) for r in state["batches"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"evaluation state {path} is unreadable ({exc}): delete it to start the evaluation over"
+        ) from None
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"evaluation state {path} belongs to another evaluation (other attacks, threat, seed or batch size): "
+            "delete it or use another state file"
+        )
+    return records
+
+
 def evaluate(
     model: nn.Module,
     data: Any,
-    attacks: Sequence[Attack],
+    attacks: Sequence[Attack] | str,
     *,
     threat: ThreatModel | None = None,
     batch_size: int = 256,
@@ -59,15 +165,24 @@ def evaluate(
     confidence: float = 0.95,
     progress: ProgressFn | None = None,
     meta: dict[str, Any] | None = None,
+    state_path: str | Path | None = None,
 ) -> EvalResult:
     """Clean accuracy and robust accuracy (worst case over ``attacks`` per sample) of ``model`` on ``data``.
 
-    With ``cascade`` each attack runs only on the samples that every earlier attack failed to break (the
-    robust accuracy is the same, the cost lower); without it each attack runs on every clean-correct sample
-    and its own accuracy is reported. Attack ``i`` draws its randomness from a generator seeded with
-    ``seed + i``, so a seed (with the same batch size) reproduces the result.
+    ``attacks`` is a list of attacks sharing one threat model, or a suite name (``quick``, ``standard``,
+    ``adaptive``) built for ``threat``. With ``cascade`` each attack runs only on the samples every earlier
+    attack failed to break (same robust accuracy, lower cost); without it each attack runs on every
+    clean-correct sample and its own accuracy is reported. Each (batch, attack) pair draws from its own
+    generator seeded from ``seed``, so a seed and batch size reproduce the result. With ``state_path`` the
+    finished batches are saved after each batch (atomically) and a rerun resumes after them.
     Shape: data yields x (B, C, H, W) floats in threat.bounds and y (B,) int64.
     """
+    if isinstance(attacks, str):
+        from advrobust.evaluation.suites import build_suite
+
+        if threat is None:
+            raise ConfigError(f"the suite {attacks!r} needs a threat model: pass threat=ThreatModel(...)")
+        attacks = build_suite(attacks, threat)
     if not attacks:
         raise ConfigError("no attacks given: pass at least one, e.g. [PGD(threat=ThreatModel(eps=0.3))]")
     threat = threat or attacks[0].threat
@@ -81,97 +196,108 @@ def evaluate(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     batches, total = _batches(data, batch_size, device)
-    generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(len(attacks))]
+    state_file = Path(state_path) if state_path is not None else None
+    fingerprint = _fingerprint(attacks, threat, seed, cascade, batch_size)
+    records = _load_state(state_file, fingerprint) if state_file is not None else []
+    resumed = len(records)
 
-    clean_parts: list[Tensor] = []
-    robust_parts: list[Tensor] = []
-    broken_parts: list[Tensor] = []
-    per_attack_correct = [0] * len(attacks)
-    attacked = [0] * len(attacks)
-    fooled = [0] * len(attacks)
-    violations = [0] * len(attacks)
-    attack_seconds = [0.0] * len(attacks)
-    clean_seconds = 0.0
-    done = 0
+    done = sum(len(r.clean) for r in records)
     start = _time()
     num_classes: int | None = None
     with eval_mode(model):
-        for x, y in batches:
+        for index, (x, y) in enumerate(batches):
+            if index < resumed:
+                continue
             x, y = x.to(device), y.to(device)
             check_inputs(x, threat.bounds)
             check_labels(y, x.shape[0], num_classes)
-            tick = _time()
-            with torch.no_grad():
-                logits = model(x)
             if num_classes is None:
+                logits = _probe(model, x)
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
                 check_labels(y, x.shape[0], num_classes)
-            clean_seconds += _time() - tick
-            clean_ok = logits.argmax(dim=1) == y
-            robust_ok = clean_ok.clone()
-            broken = torch.where(clean_ok, -1, -2)
-            for i, attack in enumerate(attacks):
-                todo = robust_ok if cascade else clean_ok
-                idx = todo.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
-                tick = _time()
-                x_adv = attack(model, x[idx], y[idx], generator=generators[i], check=False)
-                with torch.no_grad():
-                    survived = model(x_adv).argmax(dim=1) == y[idx]
-                attack_seconds[i] += _time() - tick
-                violations[i] += int((~threat.contains(x_adv, x[idx])).sum())
-                attacked[i] += idx.numel()
-                newly = idx[~survived & robust_ok[idx]]
-                fooled[i] += newly.numel()
-                broken[newly] = i
-                robust_ok[idx[~survived]] = False
-                per_attack_correct[i] += int(survived.sum())
-            clean_parts.append(clean_ok.cpu())
-            robust_parts.append(robust_ok.cpu())
-            broken_parts.append(broken.cpu())
+            records.append(_run_batch(model, x, y, attacks, threat, cascade=cascade, seed=seed, index=index))
+            if state_file is not None:
+                atomic_write_json(
+                    state_file,
+                    {
+                        "format": STATE_FORMAT,
+                        "fingerprint": fingerprint,
+                        "batches": [asdict(r) for r in records],
+                    },
+                )
             done += x.shape[0]
             if progress is not None:
                 progress(done, total)
     seconds = _time() - start
-    if done == 0:
+    if not records:
         raise InputError("the data yielded no samples: pass a non-empty data set")
+    return _assemble(
+        records,
+        attacks,
+        threat,
+        seed=seed,
+        cascade=cascade,
+        confidence=confidence,
+        seconds=seconds,
+        meta=meta,
+        resumed=resumed,
+    )
 
-    clean_correct = torch.cat(clean_parts)
-    robust_correct = torch.cat(robust_parts)
-    n = clean_correct.numel()
+
+def _probe(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        out: Tensor = model(x)
+    return out
+
+
+def _assemble(
+    records: list[_BatchRecord],
+    attacks: Sequence[Attack],
+    threat: ThreatModel,
+    *,
+    seed: int,
+    cascade: bool,
+    confidence: float,
+    seconds: float,
+    meta: dict[str, Any] | None,
+    resumed: int,
+) -> EvalResult:
+    clean = [v for r in records for v in r.clean]
+    robust = [v for r in records for v in r.robust]
+    broken = [v for r in records for v in r.broken]
+    n = len(clean)
     results: list[AttackResult] = []
-    cumulative = clean_correct.clone()
-    broken_all = torch.cat(broken_parts)
+    standing = sum(clean)
     for i, attack in enumerate(attacks):
-        if cascade:
-            cumulative &= broken_all != i
-            correct = int(cumulative.sum())
-        else:
-            correct = per_attack_correct[i]
+        fooled = sum(1 for b in broken if b == i)
+        standing -= fooled
+        correct = standing if cascade else sum(r.survived[i] for r in records)
         results.append(
             AttackResult(
                 name=attack.name,
                 params=attack.params(),
                 accuracy=Accuracy(correct, n, confidence),
-                attacked=attacked[i],
-                fooled=fooled[i],
-                seconds=attack_seconds[i],
-                violations=violations[i],
+                attacked=sum(r.attacked[i] for r in records),
+                fooled=fooled,
+                seconds=sum(r.seconds[i] for r in records),
+                violations=sum(r.violations[i] for r in records),
             )
         )
+    info = dict(meta or {})
+    if resumed:
+        info["resumed_batches"] = resumed
     return EvalResult(
         threat=threat.to_dict(),
-        clean=Accuracy(int(clean_correct.sum()), n, confidence),
-        robust=Accuracy(int(robust_correct.sum()), n, confidence),
+        clean=Accuracy(sum(clean), n, confidence),
+        robust=Accuracy(sum(robust), n, confidence),
         attacks=results,
-        clean_correct=clean_correct.tolist(),
-        robust_correct=robust_correct.tolist(),
-        broken_by=broken_all.tolist(),
+        clean_correct=clean,
+        robust_correct=robust,
+        broken_by=broken,
         seconds=seconds,
-        clean_seconds=clean_seconds,
+        clean_seconds=sum(r.clean_seconds for r in records),
         seed=seed,
         cascade=cascade,
-        meta=dict(meta or {}),
+        meta=info,
     )
