@@ -104,6 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
     ev.add_argument("--eps", type=float, nargs="+", help="one or more budgets (default: 0.3)")
     ev.add_argument("--attack", nargs="+", help="attacks to run, e.g. fgsm pgd (default: pgd)")
+    ev.add_argument(
+        "--suite",
+        choices=["quick", "standard"],
+        help="a fixed recipe instead of --attack: quick (APGD-CE) or standard (AutoAttack: APGD-CE, APGD-T, FAB-T, Square)",
+    )
+    ev.add_argument(
+        "--curve", action="store_true", default=None, help="also compute accuracy vs eps up to max(--eps)"
+    )
+    ev.add_argument("--curve-points", type=int, help="eps grid points of the curve (default: 13)")
     ev.add_argument("--steps", type=int, help="iterations of iterative attacks (PGD default: 40)")
     ev.add_argument("--step-size", type=float, help="step size (PGD default: 2.5 * eps / steps)")
     ev.add_argument("--restarts", type=int, help="random restarts (default: 1)")
@@ -121,6 +130,26 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="PATH", help="write results as JSON to PATH")
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    au = sub.add_parser(
+        "audit",
+        help="check a saved model for gradient masking (exit status 1 when a check fails)",
+        description="Run the sanity checks of Carlini et al. (2019) and AutoAttack: iterative beats single-step, "
+        "more steps do not help, accuracy reaches 0 at an unbounded budget, white-box beats Square and noise, "
+        "gradients are non-zero, outputs are logits, the model is deterministic.",
+    )
+    _data_options(au)
+    au.add_argument("--model", help="run directory written by `advrobust train` (required)")
+    au.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
+    au.add_argument("--n", type=int, help="samples to audit (default: 200)")
+    au.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
+    au.add_argument("--eps", type=float, help="budget (default: 0.3)")
+    au.add_argument("--steps", type=int, help="PGD steps of the base attack (default: 40)")
+    au.add_argument("--square-queries", type=int, help="query budget of the Square check (default: 1000)")
+    au.add_argument("--batch-size", type=int, help="batch size (default: 256)")
+    au.add_argument("--seed", type=int, help="random seed (default: 0)")
+    au.add_argument("--json", metavar="PATH", help="write the audit as JSON to PATH")
+    au.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    au.add_argument("--quiet", action="store_true", help="no spinner")
     return parser
 
 
@@ -256,7 +285,8 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     config = read_yaml(args.config) if args.config else {}
     settings = build_settings(EvalSettings, config, _overrides(args, ("command", "config", "quiet")))
     with _progress(console, args.quiet, "attack") as bar:
-        results = eval_run(settings, progress=bar)
+        outcome = eval_run(settings, progress=bar)
+    results = outcome.results
     first = results[0]
     table = Table(
         title=f"{settings.model} on {first.meta['data']['name']} ({first.n} samples, {settings.norm}, 95% CI)"
@@ -282,9 +312,50 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
                     f"[red]warning: {attack.name} returned {attack.violations} points outside the threat model[/red]"
                 )
     console.print(table)
+    if outcome.curve is not None:
+        curve = outcome.curve
+        chart = Table(title=f"Robustness curve ({curve.norm}; from {', '.join(curve.sources)})")
+        chart.add_column("eps", justify="right")
+        chart.add_column("robust accuracy", justify="right")
+        for eps, acc, low, high in zip(curve.eps, curve.accuracy, curve.ci_low, curve.ci_high, strict=True):
+            chart.add_row(f"{eps:.4g}", f"{_pct(acc)} [{100 * low:.1f}, {100 * high:.1f}]")
+        console.print(chart)
     if settings.json_path:
         console.print(f"wrote {settings.json_path}")
     return 0
+
+
+def _cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.config import AuditSettings, build_settings, read_yaml
+    from advrobust.runs import audit_run
+
+    config = read_yaml(args.config) if args.config else {}
+    settings = build_settings(AuditSettings, config, _overrides(args, ("command", "config", "quiet")))
+    with (
+        console.status("auditing (PGD, FGSM, stronger PGD, eps sweep, Square, noise)", spinner="dots")
+        if not args.quiet
+        else _null()
+    ):
+        report = audit_run(settings)
+    table = Table(
+        title=f"Gradient-masking audit of {settings.model} ({settings.norm}, eps {settings.eps:g}, n={report.n})"
+    )
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("evidence")
+    colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for check in report.checks:
+        table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", check.evidence)
+    console.print(table)
+    console.print(f"verdict: {report.verdict}")
+    if settings.json_path:
+        console.print(f"wrote {settings.json_path}")
+    return 1 if report.status == "fail" else 0
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     console = Console()
     errors = Console(stderr=True)
-    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval}
+    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "audit": _cmd_audit}
     try:
         return commands[args.command](args, console)
     except AdvrobustError as exc:

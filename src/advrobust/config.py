@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from advrobust.errors import ConfigError
 
@@ -52,7 +52,10 @@ class EvalSettings(DataSettings):
     n: int | None = Field(None, ge=1)
     norm: Literal["linf", "l2", "l1"] = "linf"
     eps: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
-    attack: list[str] = Field(default_factory=lambda: ["pgd"], min_length=1)
+    attack: list[str] | None = Field(None, min_length=1)
+    suite: Literal["quick", "standard"] | None = None
+    curve: bool = False
+    curve_points: int = Field(13, ge=2)
     steps: int | None = Field(None, ge=1)
     step_size: float | None = Field(None, gt=0)
     restarts: int | None = Field(None, ge=1)
@@ -74,6 +77,17 @@ class EvalSettings(DataSettings):
     @classmethod
     def _one_or_many_names(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _attacks_or_suite(self) -> EvalSettings:
+        if self.attack is not None and self.suite is not None:
+            raise ValueError("give --attack or --suite, not both")
+        return self
+
+    @property
+    def attack_names(self) -> list[str]:
+        """The attacks to run when no suite is named (PGD by default)."""
+        return self.attack if self.attack is not None else ["pgd"]
 
     @field_validator("eps")
     @classmethod
@@ -115,3 +129,21 @@ def build_settings(kind: type[_Settings], config: dict[str, Any], overrides: dic
             where = ".".join(str(p) for p in err["loc"]) or "config"
             problems.append(f"{where.replace('_', '-')}: {err['msg']}")
         raise ConfigError("invalid option(s): " + "; ".join(problems)) from None
+
+
+class AuditSettings(DataSettings):
+    """``advrobust audit``: run the gradient-masking checks on a saved model."""
+
+    model: str
+    split: Literal["train", "test"] = "test"
+    n: int = Field(200, ge=1)
+    norm: Literal["linf", "l2", "l1"] = "linf"
+    eps: float = Field(0.3, ge=0)
+    steps: int = Field(40, ge=1)
+    square_queries: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+    json_path: str | None = Field(None, alias="json")
+    device: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -59,7 +59,7 @@ def run_demo(
         progress=train_progress,
     )
     results_path = root / RESULTS_NAME
-    results = eval_run(
+    evaluated = eval_run(
         EvalSettings(
             model=str(trained.path),
             data=DEMO_DATA,
@@ -73,4 +73,4 @@ def run_demo(
         ),
         progress=eval_progress,
     )
-    return DemoOutcome(trained, results, root, results_path, time.perf_counter() - start)
+    return DemoOutcome(trained, evaluated.results, root, results_path, time.perf_counter() - start)

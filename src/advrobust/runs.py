@@ -12,10 +12,13 @@ import torch
 from torch import nn
 
 from advrobust.attacks import Attack, attack_class, create_attack
-from advrobust.config import DataSettings, EvalSettings, TrainSettings
+from advrobust.config import AuditSettings, DataSettings, EvalSettings, TrainSettings
 from advrobust.data import ImageDataset, load_dataset
 from advrobust.errors import ConfigError, DataError
 from advrobust.evaluation import EvalResult, evaluate, save_run
+from advrobust.evaluation.audit import AuditReport, audit
+from advrobust.evaluation.curves import RobustnessCurve, robustness_curve
+from advrobust.evaluation.suites import build_suite
 from advrobust.fileio import atomic_write_json
 from advrobust.models import ModelCard, create_model, load_model, read_card, save_model
 from advrobust.models.registry import model_options
@@ -137,7 +140,14 @@ def build_attacks(settings: EvalSettings, threat: ThreatModel) -> list[Attack]:
     given = {k for k, v in options.items() if v is not None}
     used: set[str] = set()
     attacks = []
-    for name in settings.attack:
+    if settings.suite is not None:
+        if given:
+            flags = ", ".join("--" + u.replace("_", "-") for u in sorted(given))
+            raise ConfigError(
+                f"{flags} cannot change a suite's fixed recipe: drop it, or name attacks with --attack"
+            )
+        return build_suite(settings.suite, threat)
+    for name in settings.attack_names:
         fields = {f.name for f in dataclasses.fields(attack_class(name))}
         mine = {k: v for k, v in options.items() if k in fields and v is not None}
         used |= set(mine)
@@ -151,10 +161,19 @@ def build_attacks(settings: EvalSettings, threat: ThreatModel) -> list[Attack]:
     return attacks
 
 
-def eval_run(
-    settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None
-) -> list[EvalResult]:
-    """Evaluate a saved model at every eps in ``settings``; write ``settings.json_path`` when given."""
+@dataclass
+class EvalOutcome:
+    """One evaluation per eps, the robustness curve when asked for, and the provenance written with them."""
+
+    results: list[EvalResult]
+    curve: RobustnessCurve | None
+    meta: dict[str, Any]
+
+
+def load_model_and_data(
+    settings: EvalSettings | AuditSettings,
+) -> tuple[nn.Module, ImageDataset, dict[str, Any]]:
+    """The saved model and the matching data (first ``n`` samples), with their provenance."""
     device = _device(settings.device)
     card = read_card(settings.model)
     model = load_model(settings.model, device=device)
@@ -175,6 +194,17 @@ def eval_run(
         "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
         "environment": environment(),
     }
+    return model, data, meta
+
+
+def _tensors(data: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return data.images.to(device).float().div_(255), data.labels.to(device)
+
+
+def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None) -> EvalOutcome:
+    """Evaluate a saved model at every eps in ``settings`` (and its curve); write ``settings.json_path``."""
+    device = _device(settings.device)
+    model, data, meta = load_model_and_data(settings)
     results = []
     for eps in settings.eps:
         threat = ThreatModel(norm=settings.norm, eps=eps)
@@ -192,6 +222,40 @@ def eval_run(
                 meta=meta,
             )
         )
+    curve = None
+    if settings.curve:
+        x, y = _tensors(data, device)
+        curve = robustness_curve(
+            model,
+            x,
+            y,
+            norm=settings.norm,
+            eps_max=max(settings.eps),
+            points=settings.curve_points,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+        )
     if settings.json_path is not None:
-        save_run(settings.json_path, results, meta=meta)
-    return results
+        extra = {"curve": curve.to_dict()} if curve is not None else {}
+        save_run(settings.json_path, results, meta={**meta, **extra})
+    return EvalOutcome(results, curve, meta)
+
+
+def audit_run(settings: AuditSettings) -> AuditReport:
+    """Run the gradient-masking audit on a saved model; write ``settings.json_path`` when given."""
+    device = _device(settings.device)
+    model, data, meta = load_model_and_data(settings)
+    x, y = _tensors(data, device)
+    report = audit(
+        model,
+        x,
+        y,
+        ThreatModel(norm=settings.norm, eps=settings.eps),
+        steps=settings.steps,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        square_queries=settings.square_queries,
+    )
+    if settings.json_path is not None:
+        atomic_write_json(settings.json_path, {**report.to_dict(), "meta": meta})
+    return report
