@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from advrobust.attacks.apgd import APGD, apgd_checkpoints
 from advrobust.attacks.base import (
     Attack,
     attack_class,
@@ -10,18 +11,24 @@ from advrobust.attacks.base import (
     list_attacks,
     register_attack,
 )
+from advrobust.attacks.cw import CW
 from advrobust.attacks.fgsm import FGSM
-from advrobust.attacks.losses import LossName, attack_loss, is_adversarial, margin
+from advrobust.attacks.losses import LossName, attack_loss, dlr, dlr_targeted, is_adversarial, margin
 from advrobust.attacks.pgd import PGD
 
 __all__ = [
+    "APGD",
+    "CW",
     "FGSM",
     "PGD",
     "Attack",
     "LossName",
+    "apgd_checkpoints",
     "attack_class",
     "attack_loss",
     "create_attack",
+    "dlr",
+    "dlr_targeted",
     "input_gradient",
     "is_adversarial",
     "list_attacks",

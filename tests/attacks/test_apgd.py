@@ -1,0 +1,168 @@
+"""APGD on a really trained small CNN: schedule, bounds, strength against PGD, APGD-T, scale invariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.attacks import APGD, PGD, apgd_checkpoints, create_attack
+from advrobust.errors import ConfigError
+from advrobust.threat import ThreatModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Scaled(nn.Module):
+    """The same classifier with logits times ``factor``: a saturated softmax, as in distillation defenses."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model = model
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x) * self.factor
+        return out
+
+
+@pytest.fixture(scope="module")
+def apgd_ce_01(trained_cnn: nn.Module, batch: Batch) -> torch.Tensor:
+    """APGD-CE with the paper's 100 steps at linf eps 0.1, shared by the strength comparisons."""
+    x, y = batch
+    return APGD(threat=ThreatModel(eps=0.1))(trained_cnn, x, y, generator=seeded())
+
+
+def test_checkpoints_follow_the_formula_by_hand() -> None:
+    # p: 0, .22, .41 (+.19), .57 (+.16), .70 (+.13), .80 (+.10), .87 (+.07), .93 (+.06), .99 (+.06); 1.05 > 1.
+    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    # ceil(p * 1000) with exact p; 0.41 * 1000 must not become 411 by floating-point error.
+    assert apgd_checkpoints(1000) == [0, 220, 410, 570, 700, 800, 870, 930, 990]
+    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]  # ceil(2.2), ceil(4.1), ...; repeats dropped
+    assert apgd_checkpoints(1) == [0, 1]
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0), ("l1", 10.0)])
+def test_apgd_bounds_and_drop(trained_cnn: nn.Module, batch: Batch, norm: str, eps: float) -> None:
+    x, y = batch
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x_adv = APGD(threat=threat, steps=10)(trained_cnn, x, y, generator=seeded())
+    assert float(threat.distance(x_adv, x).max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    clean = float(correct(trained_cnn, x, y).float().mean())
+    robust = float(correct(trained_cnn, x_adv, y).float().mean())
+    assert robust < clean - 0.2
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd(
+    trained_cnn: nn.Module, batch: Batch, apgd_ce_01: torch.Tensor
+) -> None:
+    x, y = batch
+    pgd = PGD(threat=ThreatModel(eps=0.1), steps=40)(trained_cnn, x, y, generator=seeded())
+    clean = int(correct(trained_cnn, x, y).sum())
+    pgd_left = int(correct(trained_cnn, pgd, y).sum())
+    apgd_left = int(correct(trained_cnn, apgd_ce_01, y).sum())
+    assert apgd_left <= pgd_left < clean
+
+
+def test_l1_apgd_beats_l1_pgd(trained_cnn: nn.Module, batch: Batch) -> None:
+    # Sparse, box-aware steps with adaptive sparsity: far stronger than PGD's fixed-sparsity l1 step.
+    x, y = batch
+    threat = ThreatModel(norm="l1", eps=10.0)
+    pgd = PGD(threat=threat, steps=40)(trained_cnn, x, y, generator=seeded())
+    apgd = APGD(threat=threat, steps=30)(trained_cnn, x, y, generator=seeded())
+    assert (
+        float(correct(trained_cnn, apgd, y).float().mean())
+        < float(correct(trained_cnn, pgd, y).float().mean()) - 0.1
+    )
+
+
+def test_apgd_t_at_least_as_strong_as_apgd_ce(
+    trained_cnn: nn.Module, batch: Batch, apgd_ce_01: torch.Tensor
+) -> None:
+    x, y = batch
+    apgd_t = APGD(threat=ThreatModel(eps=0.1), steps=50, loss="dlr", targeted=True, n_target_classes=3)
+    x_adv = apgd_t(trained_cnn, x, y, generator=seeded())
+    assert float(ThreatModel(eps=0.1).distance(x_adv, x).max()) <= 0.1 + 1e-6
+    assert int(correct(trained_cnn, x_adv, y).sum()) <= int(correct(trained_cnn, apgd_ce_01, y).sum())
+
+
+def test_targeted_apgd_reaches_given_targets(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    targets = (y + 1) % 10
+    for loss in ("ce", "dlr"):
+        x_adv = APGD(threat=ThreatModel(eps=0.3), steps=40, loss=loss)(  # type: ignore[arg-type]
+            trained_cnn, x, y, targets=targets, generator=seeded()
+        )
+        with torch.no_grad():
+            hit = float((trained_cnn(x_adv).argmax(1) == targets).float().mean())
+        assert hit > 0.8, loss
+
+
+def test_scaled_logits_defeat_ce_but_not_dlr(trained_cnn: nn.Module, batch: Batch) -> None:
+    # x100 logits saturate the softmax: CE's gradient underflows to zero, DLR is scale invariant.
+    x, y = batch[0][:100], batch[1][:100]
+    scaled = Scaled(trained_cnn, 100.0)
+    threat = ThreatModel(eps=0.1)
+
+    def robust(model: nn.Module, loss: str) -> float:
+        x_adv = APGD(threat=threat, steps=20, loss=loss)(model, x, y, generator=seeded())  # type: ignore[arg-type]
+        return float(correct(trained_cnn, x_adv, y).float().mean())
+
+    ce_plain, ce_scaled = robust(trained_cnn, "ce"), robust(scaled, "ce")
+    dlr_plain, dlr_scaled = robust(trained_cnn, "dlr"), robust(scaled, "dlr")
+    assert ce_scaled > ce_plain + 0.3  # gradient masking by scale fools CE
+    assert dlr_scaled <= dlr_plain + 0.02
+    assert dlr_scaled < ce_scaled - 0.3
+
+
+def test_seed_reproduces_and_differs(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    attack = APGD(threat=ThreatModel(eps=0.1), steps=5)
+    a = attack(trained_cnn, x, y, generator=seeded(1))
+    b = attack(trained_cnn, x, y, generator=seeded(1))
+    c = attack(trained_cnn, x, y, generator=seeded(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_more_restarts_break_a_superset(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    threat = ThreatModel(eps=0.08)
+    one = APGD(threat=threat, steps=10, restarts=1)(trained_cnn, x, y, generator=seeded(5))
+    three = APGD(threat=threat, steps=10, restarts=3)(trained_cnn, x, y, generator=seeded(5))
+    fooled_one, fooled_three = ~correct(trained_cnn, one, y), ~correct(trained_cnn, three, y)
+    assert bool((fooled_three | ~fooled_one).all())
+    assert int(fooled_three.sum()) >= int(fooled_one.sum())
+
+
+def test_eot_on_a_deterministic_model_changes_nothing(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch[0][:50], batch[1][:50]
+    threat = ThreatModel(eps=0.1)
+    plain = APGD(threat=threat, steps=5)(trained_cnn, x, y, generator=seeded())
+    averaged = APGD(threat=threat, steps=5, eot_iter=2)(trained_cnn, x, y, generator=seeded())
+    assert torch.equal(plain, averaged)
+
+
+def test_registered_and_validated(trained_cnn: nn.Module, batch: Batch) -> None:
+    attack = create_attack("apgd", threat=ThreatModel(eps=0.1), steps=3, loss="dlr")
+    assert isinstance(attack, APGD) and attack.describe().startswith("apgd(steps=3")
+    assert attack.params()["rho"] == 0.75 and attack.params()["alpha"] == 0.75
+    for bad in ({"steps": 0}, {"restarts": 0}, {"rho": 1.5}, {"alpha": 0.0}, {"eot_iter": 0}):
+        with pytest.raises(ConfigError):
+            APGD(threat=ThreatModel(), **bad)  # type: ignore[arg-type]
+    x, y = batch
+    with pytest.raises(ConfigError, match="needs targets"):
+        APGD(threat=ThreatModel(), steps=1, loss="dlr-targeted")(trained_cnn, x[:4], y[:4])
+    assert not math.isnan(float(attack(trained_cnn, x[:4], y[:4]).sum()))
