@@ -12,17 +12,25 @@ from advrobust.attacks.base import (
     register_attack,
 )
 from advrobust.attacks.cw import CW
+from advrobust.attacks.deepfool import DeepFool
+from advrobust.attacks.fab import FAB
 from advrobust.attacks.fgsm import FGSM
 from advrobust.attacks.losses import LossName, attack_loss, dlr, dlr_targeted, is_adversarial, margin
+from advrobust.attacks.noise import RandomNoise
 from advrobust.attacks.pgd import PGD
+from advrobust.attacks.square import Square
 
 __all__ = [
     "APGD",
     "CW",
+    "FAB",
     "FGSM",
     "PGD",
     "Attack",
+    "DeepFool",
     "LossName",
+    "RandomNoise",
+    "Square",
     "apgd_checkpoints",
     "attack_class",
     "attack_loss",

@@ -1,0 +1,234 @@
+"""FAB: the fast adaptive boundary attack, a minimum-norm attack that projects onto linearised boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.attacks.base import Attack, register_attack
+from advrobust.attacks.deepfool import dual_norm, logit_gaps, other_classes
+from advrobust.attacks.losses import is_adversarial
+from advrobust.contract import eval_mode
+from advrobust.errors import ConfigError
+from advrobust.threat import Norm, norm_of
+
+
+def project_hyperplane_box(
+    point: Tensor, w: Tensor, b: Tensor, norm: Norm, bounds: tuple[float, float]
+) -> Tensor:
+    """The smallest step ``d`` (linf or l2) with ``<w, point + d> = b`` and ``point + d`` inside the box.
+
+    Exact and loop-free: each coordinate moves towards the plane by ``min(t, room)`` (linf) or
+    ``|w_i| min(t, room / |w_i|)`` (l2, from the KKT conditions); the progress is piecewise linear and
+    increasing in ``t``, so one sort and two cumulative sums find the ``t`` that reaches the plane. When the
+    plane misses the box, the step goes to the box corner that gets closest to it.
+    Shape: point, w (B, D), b (B,) -> d (B, D).
+    """
+    low, high = bounds
+    gap = b - (w * point).sum(dim=1)
+    direction = w.sign() * gap.sign().unsqueeze(1)
+    room = torch.where(direction > 0, high - point, point - low) * direction.abs()
+    scale = torch.ones_like(w) if norm == "linf" else w.abs()
+    weight = w.abs() * scale
+    live = weight > 0
+    limit = torch.where(live, room / torch.where(live, scale, torch.ones_like(scale)), torch.zeros_like(room))
+    order = limit.argsort(dim=1)
+    limit_sorted, weight_sorted = limit.gather(1, order), weight.gather(1, order)
+    filled = (weight_sorted * limit_sorted).cumsum(dim=1) - weight_sorted * limit_sorted
+    tail = weight_sorted.flip(1).cumsum(dim=1).flip(1)
+    reach = filled + limit_sorted * tail  # progress when t equals each breakpoint
+    need = gap.abs()
+    first = (reach < need.unsqueeze(1)).sum(dim=1, keepdim=True)
+    at = first.clamp(max=w.shape[1] - 1)
+    t = ((need.unsqueeze(1) - filled.gather(1, at)) / tail.gather(1, at).clamp_min(1e-30)).clamp_min(0)
+    t = torch.where(first >= w.shape[1], torch.full_like(t, float("inf")), t)
+    return direction * scale * torch.minimum(t, limit)
+
+
+def _target_gap(model: nn.Module, x: Tensor, goal: Tensor) -> tuple[Tensor, Tensor]:
+    """Gap ``z_goal - max_{j != goal} z_j`` and its input gradient. Shape: -> (N, 1), (N, 1, C, H, W)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        rival = logits.detach().scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
+        gap = logits.gather(1, goal.unsqueeze(1)) - logits.gather(1, rival.unsqueeze(1))
+        (grad,) = torch.autograd.grad(gap.sum(), x)
+    return gap.detach(), grad.unsqueeze(1)
+
+
+def _expand(per_sample: Tensor, like: Tensor) -> Tensor:
+    return per_sample.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@register_attack("fab")
+@dataclass(frozen=True, kw_only=True)
+class FAB(Attack):
+    """Fast adaptive boundary attack (Croce & Hein, 2020, arXiv:1907.02044), linf and l2; FAB-T if targeted.
+
+    Each step linearises the nearest boundary (untargeted: over all classes; FAB-T: the target against its
+    strongest rival), projects both the iterate and the original input onto it within the box, and mixes the
+    two steps (weight capped by ``alpha_max``, extrapolated by ``eta``); once fooled, the iterate moves back
+    towards the input by ``beta``. Restart 0 starts at the input, later ones at a random point at distance
+    ``min(best, eps) / 2``. FAB-T without ``targets`` runs once per runner-up class (the ``n_target_classes``
+    highest logits, as in AutoAttack) and succeeds on any misclassification; with ``targets`` it must hit
+    them (whatever ``targeted`` says). Each sample keeps its smallest successful perturbation.
+    Shape: x (N, C, H, W) in threat.bounds, y (N,) int64 -> x_adv like x.
+    """
+
+    steps: int = 100
+    restarts: int = 1
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    targeted: bool = False
+    n_target_classes: int = 9
+
+    def __post_init__(self) -> None:
+        if self.threat.norm == "l1":
+            raise ConfigError("FAB here supports norm 'linf' and 'l2', not 'l1': use PGD or APGD for l1")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
+        if self.n_target_classes < 1:
+            raise ConfigError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
+        if not 0 <= self.alpha_max <= 1:
+            raise ConfigError(f"alpha_max must lie in [0, 1], got {self.alpha_max}")
+        if not (self.eta >= 1 and 0 < self.beta < 1):
+            raise ConfigError(f"need eta >= 1 and 0 < beta < 1, got eta={self.eta}, beta={self.beta}")
+
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        return self._min_norm(model, x, y, targets, generator)[0]
+
+    def run_min_norm(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        targets: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        check: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Minimal adversarial points (in bounds, not projected onto the eps-ball) and their distances.
+
+        Distances are in the threat's norm, 0 for samples already adversarial, ``inf`` where FAB failed
+        (those samples come back unchanged). Shape: -> x_adv like x, distances (N,) float64.
+        """
+        x = x.detach()
+        if check:
+            self._check(model, x, y, targets)
+        with eval_mode(model):
+            return self._min_norm(model, x, y, targets, generator)
+
+    def _min_norm(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            logits = model(x)
+        found = is_adversarial(logits, y, targets)
+        x_adv = x.clone()
+        distance = torch.where(
+            found,
+            torch.zeros(x.shape[0], dtype=torch.float64, device=x.device),
+            torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device),
+        )
+        idx = (~found).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return x_adv, distance
+        x0, y0, logits = x[idx], y[idx], logits[idx]
+        goals: list[Tensor | None]
+        if targets is not None:
+            goals = [targets[idx]]
+        elif self.targeted:
+            count = min(self.n_target_classes, logits.shape[1] - 1)
+            ranked = logits.scatter(1, y0.unsqueeze(1), float("-inf")).topk(count, dim=1).indices
+            goals = list(ranked.unbind(dim=1))
+        else:
+            goals = [None]
+        aims = None if targets is None else targets[idx]
+        rivals = other_classes(y0, logits.shape[1])
+        best, best_distance = x0.clone(), distance[idx]
+        for goal in goals:
+            for restart in range(self.restarts):
+                start = x0 if restart == 0 else self._random_start(x0, best_distance, generator)
+                point, size = self._descend(model, x0, y0, goal, aims, start, rivals)
+                better = size < best_distance
+                best = torch.where(_expand(better, best), point, best)
+                best_distance = torch.where(better, size, best_distance)
+        x_adv[idx] = best
+        distance[idx] = best_distance
+        return x_adv, distance
+
+    def _random_start(self, x0: Tensor, best_distance: Tensor, generator: torch.Generator | None) -> Tensor:
+        radius = best_distance.clamp(max=self.threat.eps).to(x0.dtype) / 2
+        if self.threat.norm == "linf":
+            noise = 2 * torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 1
+        else:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = noise / _expand(norm_of(noise, self.threat.norm).clamp_min(1e-12), noise)
+        return self.threat.clamp(x0 + _expand(radius, noise) * noise)
+
+    def _descend(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        y: Tensor,
+        goal: Tensor | None,
+        targets: Tensor | None,
+        start: Tensor,
+        rivals: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """One FAB run from ``start``: the smallest fooling point seen and its distance (inf if none).
+
+        Untargeted (``goal`` None) it linearises the gaps from ``y`` to every class in ``rivals``.
+        """
+        threat = self.threat
+        n = x0.shape[0]
+        rows = torch.arange(n, device=x0.device)
+        best = x0.clone()
+        best_distance = torch.full((n,), float("inf"), dtype=torch.float64, device=x0.device)
+        x1 = start.clone()
+        flat0 = x0.flatten(1)
+        for _ in range(self.steps):
+            if goal is None:
+                gaps, grads, _ = logit_gaps(model, x1, y, rivals)
+            else:
+                gaps, grads = _target_gap(model, x1, goal)
+            nearest = (gaps.abs() / (dual_norm(grads, threat.norm) + 1e-12)).argmin(dim=1)
+            w = grads[rows, nearest].flatten(1)
+            b = (w * x1.flatten(1)).sum(dim=1) - gaps[rows, nearest]
+            steps = project_hyperplane_box(
+                torch.cat((x1.flatten(1), flat0)),
+                torch.cat((w, w)),
+                torch.cat((b, b)),
+                threat.norm,
+                threat.bounds,
+            )
+            d1, d2 = steps[:n].reshape(x0.shape), steps[n:].reshape(x0.shape)
+            a1 = norm_of(d1, threat.norm).clamp_min(1e-8)
+            a2 = norm_of(d2, threat.norm).clamp_min(1e-8)
+            alpha = _expand((a1 / (a1 + a2)).clamp(0, self.alpha_max), x0)
+            x1 = threat.clamp((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha)
+            with torch.no_grad():
+                fooled = is_adversarial(model(x1), y, targets)
+            size = threat.distance(x1, x0)
+            better = fooled & (size < best_distance)
+            best = torch.where(_expand(better, best), x1, best)
+            best_distance = torch.where(better, size, best_distance)
+            x1 = torch.where(_expand(fooled, x1), x0 + self.beta * (x1 - x0), x1)
+        return best, best_distance

@@ -1,0 +1,248 @@
+"""Square attack: score-based black-box random search with square-shaped updates, counting queries."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.attacks.base import Attack, register_attack
+from advrobust.attacks.losses import is_adversarial, margin
+from advrobust.contract import eval_mode
+from advrobust.errors import ConfigError
+
+# The paper's schedule for the fraction p of pixels changed: halve p_init after these iterations
+# (given for a 10,000-query budget and rescaled to the actual one, as in AutoAttack).
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(p_init: float, iteration: int, queries: int) -> float:
+    """The fraction of the image a square covers at ``iteration`` (Andriushchenko et al., 2020, sec. 3)."""
+    scaled = int(iteration / queries * 10000)
+    halvings = sum(scaled > step for step in _HALVINGS)
+    return p_init * 0.5**halvings
+
+
+def _window(
+    n: int, size: int, height: int, width: int, generator: torch.Generator | None, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A random size x size window per sample: its mask (n, 1, H, W) and top-left corner (n,), (n,)."""
+    top = torch.randint(0, height - size + 1, (n,), generator=generator, device=device)
+    left = torch.randint(0, width - size + 1, (n,), generator=generator, device=device)
+    rows = torch.arange(height, device=device) - top.unsqueeze(1)
+    cols = torch.arange(width, device=device) - left.unsqueeze(1)
+    inside_rows = (rows >= 0) & (rows < size)
+    inside_cols = (cols >= 0) & (cols < size)
+    return inside_rows[:, None, :, None] & inside_cols[:, None, None, :], top, left
+
+
+def _signs(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+
+
+def _rings(height: int, width: int, device: torch.device) -> Tensor:
+    """Concentric rectangles weighted 1 / (k + 1)^2 around the centre, unit l2 norm. Shape: (height, width)."""
+    centre_h, centre_w = height // 2, width // 2
+    rings = max(centre_h, centre_w) + 1
+    weight = 1.0 / torch.arange(1, rings + 1, device=device, dtype=torch.float64) ** 2
+    suffix = weight.flip(0).cumsum(0).flip(0)  # pixel in ring d is covered by rings d, d + 1, ...
+    dist_h = (torch.arange(height, device=device) - centre_h).abs()
+    dist_w = (torch.arange(width, device=device) - centre_w).abs()
+    pattern = suffix[torch.maximum(dist_h.unsqueeze(1), dist_w.unsqueeze(0))]
+    unit: Tensor = pattern / pattern.norm()
+    return unit
+
+
+def square_pattern(size: int, device: torch.device) -> Tensor:
+    """The l2 update of the paper: a positive and a negative pseudo-Gaussian bump side by side.
+
+    Unit l2 norm. Shape: (size, size); its transpose is the other orientation.
+    """
+    half = size // 2
+    pattern = torch.zeros(size, size, device=device, dtype=torch.float64)
+    if half > 0:
+        pattern[:half] = _rings(half, size, device)
+    pattern[half:] = -_rings(size - half, size, device)
+    unit: Tensor = pattern / pattern.norm()
+    return unit
+
+
+def _place(
+    pattern: Tensor, top: Tensor, left: Tensor, height: int, width: int, generator: torch.Generator | None
+) -> Tensor:
+    """Put a (size, size) pattern, randomly transposed per sample, at each sample's corner; zero elsewhere.
+
+    Shape: -> (n, 1, H, W).
+    """
+    size = pattern.shape[0]
+    both = torch.stack((pattern, pattern.t()))
+    flip = torch.randint(0, 2, top.shape, generator=generator, device=top.device)
+    rows = torch.arange(height, device=top.device) - top.unsqueeze(1)
+    cols = torch.arange(width, device=top.device) - left.unsqueeze(1)
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    values = both[
+        flip[:, None, None], rows.clamp(0, size - 1)[:, :, None], cols.clamp(0, size - 1)[:, None, :]
+    ]
+    return (values * inside).unsqueeze(1)
+
+
+def _channel_norm(t: Tensor) -> Tensor:
+    return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+
+
+def _image_norm(t: Tensor) -> Tensor:
+    return t.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
+@register_attack("square")
+@dataclass(frozen=True, kw_only=True)
+class Square(Attack):
+    """Square attack (Andriushchenko et al., 2020, arXiv:1912.00049), linf and l2, score-based black-box.
+
+    Random search on the margin of the model's logits, never a gradient (all forwards run under
+    ``torch.no_grad()``). linf: vertical-stripe init, then each step resets one random square (per sample)
+    to +-eps per channel; l2: the paper's grid of pseudo-Gaussian bumps, then each step moves mass between
+    two random squares. ``p_init`` sets the square's area, halved on the paper's schedule rescaled to
+    ``queries``. Each forward of a sample counts one query, the clean one included, and no sample gets more
+    than ``queries``; fooled samples stop. Differences from the paper's code: windows are drawn per sample,
+    and a linf square that would change nothing has its signs flipped rather than redrawn.
+    Shape: x (N, C, H, W) in threat.bounds, y (N,) int64 -> x_adv like x.
+    """
+
+    gradient_free: ClassVar[bool] = True
+    queries: int = 5000
+    p_init: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.threat.norm == "l1":
+            raise ConfigError("Square supports norm 'linf' and 'l2', not 'l1': use PGD or APGD for l1")
+        if self.queries < 1:
+            raise ConfigError(f"queries must be >= 1, got {self.queries}")
+        if not 0 < self.p_init <= 1:
+            raise ConfigError(f"p_init must lie in (0, 1], got {self.p_init}")
+
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        return self._search(model, x, y, targets, generator)[0]
+
+    def run_with_queries(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        targets: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        check: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """The attack call that also returns how many queries each sample used. Shape: -> x_adv, (N,) int64.
+
+        ``check`` makes the contract checks' own forward pass, which is not counted.
+        """
+        x = x.detach()
+        if check:
+            self._check(model, x, y, targets)
+        with eval_mode(model):
+            x_adv, used = self._search(model, x, y, targets, generator)
+        return self.threat.project(x_adv, x), used
+
+    @torch.no_grad()
+    def _search(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        def score(points: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+            """Loss to minimise (the margin, <= 0 once fooled) and success, one query per row."""
+            logits = model(points)
+            aims = None if targets is None else targets[rows]
+            loss = margin(logits, y[rows]) if aims is None else -margin(logits, aims)
+            return loss, is_adversarial(logits, y[rows], aims)
+
+        every = torch.arange(x.shape[0], device=x.device)
+        used = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+        best_loss, fooled = score(x, every)
+        best = x.clone()
+        if self.queries < 2 or self.threat.eps == 0:
+            return best, used
+        idx = (~fooled).nonzero().squeeze(1)
+        if idx.numel() > 0:
+            start = self._init(x[idx], generator)
+            best_loss[idx], fooled[idx] = score(start, idx)
+            best[idx] = start
+            used[idx] += 1
+        for iteration in range(self.queries - 2):
+            # One sync per iteration: only the samples still standing are queried.
+            idx = (~fooled).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            p = square_fraction(self.p_init, iteration, self.queries)
+            candidate = self._propose(x[idx], best[idx], p, generator)
+            loss, success = score(candidate, idx)
+            used[idx] += 1
+            improved = success | (loss < best_loss[idx])
+            best[idx] = torch.where(improved.reshape(-1, 1, 1, 1), candidate, best[idx])
+            best_loss[idx] = torch.where(improved, loss, best_loss[idx])
+            fooled[idx] = success
+        return best, used
+
+    def _init(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        n, c, h, w = x.shape
+        eps = self.threat.eps
+        if self.threat.norm == "linf":
+            return self.threat.clamp(x + eps * _signs((n, c, 1, w), generator, x.device, x.dtype))
+        size = max(h // 5, 1)
+        offset = (h - 5 * size) // 2
+        pattern = square_pattern(size, x.device)
+        delta = torch.zeros_like(x)
+        for top in range(offset, offset + size * (h // size), size):
+            for left in range(offset, offset + size * (w // size), size):
+                if top + size > h or left + size > w:
+                    continue
+                corner = (torch.full((n,), top, device=x.device), torch.full((n,), left, device=x.device))
+                bump = _place(pattern, *corner, h, w, generator).to(x.dtype)
+                delta = delta + bump * _signs((n, c, 1, 1), generator, x.device, x.dtype)
+        return self.threat.clamp(x + delta / _image_norm(delta).clamp_min(1e-12) * eps)
+
+    def _propose(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+        n, c, h, w = x.shape
+        eps = self.threat.eps
+        side = round(math.sqrt(p * h * w))
+        delta = best - x
+        if self.threat.norm == "linf":
+            side = min(max(side, 1), h, w)
+            mask, _, _ = _window(n, side, h, w, generator, x.device)
+            signs = _signs((n, c, 1, 1), generator, x.device, x.dtype)
+            candidate = self.threat.clamp(x + torch.where(mask, eps * signs, delta))
+            unchanged = ((candidate - best).abs() <= 1e-7).flatten(1).all(dim=1)
+            # Flipping every channel's sign always changes such a square (eps > 0).
+            signs = torch.where(unchanged.reshape(-1, 1, 1, 1), -signs, signs)
+            return self.threat.clamp(x + torch.where(mask, eps * signs, delta))
+        side = max(side, 3)
+        side = min(side + 1 - side % 2, h, w)
+        mask, top, left = _window(n, side, h, w, generator, x.device)
+        mask_2, _, _ = _window(n, side, h, w, generator, x.device)
+        # Mass from both windows (and what is left of the budget) goes into the first one, reshaped.
+        budget = (
+            (eps**2 - _image_norm(delta) ** 2).clamp_min(0) / c + _channel_norm(delta * (mask | mask_2)) ** 2
+        ).sqrt()
+        old = delta * mask / (_channel_norm(delta * mask) + 1e-12)
+        bump = _place(square_pattern(side, x.device), top, left, h, w, generator).to(x.dtype)
+        fresh = bump * _signs((n, c, 1, 1), generator, x.device, x.dtype) + old
+        fresh = fresh / (_channel_norm(fresh) + 1e-12) * budget
+        delta = torch.where(mask, fresh, torch.where(mask_2, torch.zeros_like(delta), delta))
+        return self.threat.clamp(x + delta / _image_norm(delta).clamp_min(1e-12) * eps)
