@@ -78,7 +78,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd(
 
 def test_l1_apgd_beats_l1_pgd(trained_cnn: nn.Module, batch: Batch) -> None:
     # Sparse, box-aware steps with adaptive sparsity: far stronger than PGD's fixed-sparsity l1 step.
-    x, y = batch
+    x, y = batch[0][:100], batch[1][:100]
     threat = ThreatModel(norm="l1", eps=10.0)
     pgd = PGD(threat=threat, steps=40)(trained_cnn, x, y, generator=seeded())
     apgd = APGD(threat=threat, steps=30)(trained_cnn, x, y, generator=seeded())
@@ -99,7 +99,7 @@ def test_apgd_t_at_least_as_strong_as_apgd_ce(
 
 
 def test_targeted_apgd_reaches_given_targets(trained_cnn: nn.Module, batch: Batch) -> None:
-    x, y = batch
+    x, y = batch[0][:100], batch[1][:100]
     targets = (y + 1) % 10
     for loss in ("ce", "dlr"):
         x_adv = APGD(threat=ThreatModel(eps=0.3), steps=40, loss=loss)(  # type: ignore[arg-type]
@@ -147,12 +147,38 @@ def test_more_restarts_break_a_superset(trained_cnn: nn.Module, batch: Batch) ->
     assert int(fooled_three.sum()) >= int(fooled_one.sum())
 
 
-def test_eot_on_a_deterministic_model_changes_nothing(trained_cnn: nn.Module, batch: Batch) -> None:
+class Counting(nn.Module):
+    """Counts the samples passed through the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+def test_eot_averages_over_draws(trained_cnn: nn.Module, batch: Batch) -> None:
     x, y = batch[0][:50], batch[1][:50]
     threat = ThreatModel(eps=0.1)
-    plain = APGD(threat=threat, steps=5)(trained_cnn, x, y, generator=seeded())
-    averaged = APGD(threat=threat, steps=5, eot_iter=2)(trained_cnn, x, y, generator=seeded())
+    once, twice = Counting(trained_cnn), Counting(trained_cnn)
+    plain = APGD(threat=threat, steps=5)(once, x, y, generator=seeded(), check=False)
+    averaged = APGD(threat=threat, steps=5, eot_iter=2)(twice, x, y, generator=seeded(), check=False)
+    # On a deterministic model the average of identical draws is the draw itself.
     assert torch.equal(plain, averaged)
+    assert twice.seen - 50 == 2 * (once.seen - 50)  # one clean pass, then eot_iter passes per point
+
+
+def test_samples_fooled_at_x_come_back_unchanged(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch[0][:50], batch[1][:50]
+    wrong = (y + 1) % 10  # every sample is "misclassified" already
+    counting = Counting(trained_cnn)
+    x_adv = APGD(threat=ThreatModel(eps=0.3), steps=100)(counting, x, wrong, check=False)
+    assert torch.equal(x_adv, x)
+    assert counting.seen == 50  # only the clean pass: nothing left to attack
 
 
 def test_registered_and_validated(trained_cnn: nn.Module, batch: Batch) -> None:

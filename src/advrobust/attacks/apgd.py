@@ -59,9 +59,9 @@ class APGD(Attack):
     ``loss`` is "ce", "dlr" or "margin". ``targeted=True`` without ``targets`` is APGD-T: one run per each
     of the ``n_target_classes`` highest non-true classes at the clean point, with the targeted form of the
     loss (the paper's APGD-T is ``loss="dlr", targeted=True``), ``restarts`` runs per target; success is
-    still any misclassification. Given ``targets``, success means hitting them. Restarts and targets after
-    the first run only on the samples not yet broken. ``eot_iter`` averages gradients (and logits) over
-    that many forward passes for randomised models.
+    still any misclassification. Given ``targets``, success means hitting them. Samples already fooled at
+    x come back as they are, and each run (restart or target) attacks only the samples still standing.
+    ``eot_iter`` averages gradients (and logits) over that many passes, for randomised models.
 
     l1 follows l1-APGD (Croce & Hein, 2021, arXiv:2103.01208) in a simplified form: steps on the top-k
     coordinates of the gradient (coordinates at the box boundary pointing outwards left out), k set at
@@ -98,15 +98,17 @@ class APGD(Attack):
         targets: Tensor | None,
         generator: torch.Generator | None,
     ) -> Tensor:
+        with torch.no_grad():
+            logits = model(x)
         if targets is not None or not self.targeted:
             goals: list[Tensor | None] = [targets]
         else:
-            with torch.no_grad():
-                logits = model(x)
             k = min(self.n_target_classes, logits.shape[1] - 1)
             ranked = logits.scatter(1, y.unsqueeze(1), float("-inf")).argsort(dim=1, descending=True)
             goals = list(ranked[:, :k].unbind(dim=1))
         best = _Best(x)
+        # Samples already misclassified (or on target) keep x itself and are not attacked.
+        best.keep(x, best.loss, is_adversarial(logits, y, targets))
         for goal in goals:
             for _ in range(self.restarts):
                 # One sync per run: later runs attack only the samples still standing.
