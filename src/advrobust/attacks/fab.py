@@ -73,7 +73,9 @@ class FAB(Attack):
     towards the input by ``beta``. Restart 0 starts at the input, later ones at a random point at distance
     ``min(best, eps) / 2``. FAB-T without ``targets`` runs once per runner-up class (the ``n_target_classes``
     highest logits, as in AutoAttack) and succeeds on any misclassification; with ``targets`` it must hit
-    them (whatever ``targeted`` says). Each sample keeps its smallest successful perturbation.
+    them (whatever ``targeted`` says). Each sample keeps its smallest successful perturbation. The
+    projection is exact (``project_hyperplane_box``); l1 is not implemented. Cost per step: one backward
+    per class (untargeted) or one (FAB-T, per target class).
     Shape: x (N, C, H, W) in threat.bounds, y (N,) int64 -> x_adv like x.
     """
 
