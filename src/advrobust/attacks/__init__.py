@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from advrobust.attacks.adaptive import BPDA, EOT, adapt
 from advrobust.attacks.apgd import APGD, apgd_checkpoints
 from advrobust.attacks.base import (
     Attack,
@@ -22,7 +23,9 @@ from advrobust.attacks.square import Square
 
 __all__ = [
     "APGD",
+    "BPDA",
     "CW",
+    "EOT",
     "FAB",
     "FGSM",
     "PGD",
@@ -31,6 +34,7 @@ __all__ = [
     "LossName",
     "RandomNoise",
     "Square",
+    "adapt",
     "apgd_checkpoints",
     "attack_class",
     "attack_loss",

@@ -1,0 +1,55 @@
+"""Defenses that wrap a model: input transformations (evaluate them with BPDA / EOT) and randomized
+smoothing with certificates. Importing this package registers the ``gaussian-augment`` training objective.
+"""
+
+from __future__ import annotations
+
+from advrobust.defenses.smoothing import (
+    Certification,
+    GaussianAugment,
+    SmoothedClassifier,
+    beta_quantile,
+    betainc,
+    binomial_test_half,
+    certified_accuracy,
+    clopper_pearson_lower,
+)
+from advrobust.defenses.transforms import (
+    JPEG,
+    BitDepth,
+    GaussianBlur,
+    GaussianNoise,
+    MedianFilter,
+    RandomResizePad,
+    Transform,
+    create_transform,
+    list_transforms,
+    parse_transform,
+    register_transform,
+)
+from advrobust.defenses.wrapper import InputTransformDefense, defense_from_spec, straight_through
+
+__all__ = [
+    "JPEG",
+    "BitDepth",
+    "Certification",
+    "GaussianAugment",
+    "GaussianBlur",
+    "GaussianNoise",
+    "InputTransformDefense",
+    "MedianFilter",
+    "RandomResizePad",
+    "SmoothedClassifier",
+    "Transform",
+    "beta_quantile",
+    "betainc",
+    "binomial_test_half",
+    "certified_accuracy",
+    "clopper_pearson_lower",
+    "create_transform",
+    "defense_from_spec",
+    "list_transforms",
+    "parse_transform",
+    "register_transform",
+    "straight_through",
+]

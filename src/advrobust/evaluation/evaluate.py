@@ -182,7 +182,7 @@ def evaluate(
 
         if threat is None:
             raise ConfigError(f"the suite {attacks!r} needs a threat model: pass threat=ThreatModel(...)")
-        attacks = build_suite(attacks, threat)
+        attacks = build_suite(attacks, threat, model=model)
     if not attacks:
         raise ConfigError("no attacks given: pass at least one, e.g. [PGD(threat=ThreatModel(eps=0.3))]")
     threat = threat or attacks[0].threat

@@ -4,23 +4,42 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from torch import nn
+
+from advrobust.attacks.adaptive import adapt, is_randomized
 from advrobust.attacks.base import Attack, create_attack
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
 
-SuiteName = Literal["quick", "standard"]
+SuiteName = Literal["quick", "standard", "adaptive"]
 SUITES: tuple[str, ...] = get_args(SuiteName)
+#: Draws of the defense's randomness per gradient in the adaptive suite (AutoAttack's randomized version).
+ADAPTIVE_EOT_SAMPLES = 20
 
 
-def build_suite(name: str, threat: ThreatModel) -> list[Attack]:
+def build_suite(name: str, threat: ThreatModel, model: nn.Module | None = None) -> list[Attack]:
     """The attacks of suite ``name`` for ``threat``, in cascade order.
 
     ``quick``: APGD with cross-entropy. ``standard``: the AutoAttack recipe (Croce & Hein, 2020,
     arXiv:2003.01690): APGD-CE, APGD-T with the targeted DLR loss over the 9 most likely wrong classes,
     FAB-T over 9 target classes, and Square with 5,000 queries (linf, l2); for l1, APGD-CE and APGD-T.
+    ``adaptive`` (needs ``model``): the standard recipe made adaptive to what the model declares (BPDA
+    around the gradient attacks when it is not differentiable, see ``attacks.adapt``); for a randomized
+    model, AutoAttack's version for randomized defenses instead: APGD-CE and APGD-DLR with 20 EOT draws.
     """
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
+    if name == "adaptive":
+        if model is None:
+            raise ConfigError("the adaptive suite adapts to a model: pass model= (evaluate does)")
+        if is_randomized(model):
+            base = [
+                create_attack("apgd", threat=threat, loss="ce", steps=100),
+                create_attack("apgd", threat=threat, loss="dlr", steps=100),
+            ]
+        else:
+            base = build_suite("standard", threat)
+        return [adapt(attack, model, samples=ADAPTIVE_EOT_SAMPLES) for attack in base]
     if name == "quick":
         return [create_attack("apgd", threat=threat, loss="ce", steps=100)]
     attacks = [
