@@ -66,9 +66,17 @@ class CW(Attack):
         return x_adv
 
     def run_min_norm(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, targets: Tensor | None = None, check: bool = True
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        targets: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        check: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """The minimum-norm result, not projected onto the eps ball.
+        """The minimum-norm result, not projected onto the eps ball (CW is deterministic: ``generator``
+        is accepted for the common minimum-norm signature and unused).
 
         Returns (x_adv, distance): each sample's smallest-L2 adversarial (x itself where none was found)
         and its L2 distance to x in float64 (inf where none was found).

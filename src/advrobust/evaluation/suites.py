@@ -44,9 +44,7 @@ def build_suite(name: str, threat: ThreatModel, model: nn.Module | None = None) 
         return [create_attack("apgd", threat=threat, loss="ce", steps=100)]
     attacks = [
         create_attack("apgd", threat=threat, loss="ce", steps=100),
-        create_attack(
-            "apgd", threat=threat, loss="dlr-targeted", targeted=True, n_target_classes=9, steps=100
-        ),
+        create_attack("apgd", threat=threat, loss="dlr", targeted=True, n_target_classes=9, steps=100),
     ]
     if threat.norm in ("linf", "l2"):
         attacks.append(create_attack("fab", threat=threat, targeted=True, n_target_classes=9, steps=100))
