@@ -106,8 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--attack", nargs="+", help="attacks to run, e.g. fgsm pgd (default: pgd)")
     ev.add_argument(
         "--suite",
-        choices=["quick", "standard"],
-        help="a fixed recipe instead of --attack: quick (APGD-CE) or standard (AutoAttack: APGD-CE, APGD-T, FAB-T, Square)",
+        choices=["quick", "standard", "adaptive"],
+        help="a fixed recipe instead of --attack: quick (APGD-CE), standard (AutoAttack: APGD-CE, APGD-T, FAB-T, "
+        "Square) or adaptive (for defended models: the standard attacks with BPDA and/or EOT, as the model needs)",
     )
     ev.add_argument(
         "--curve", action="store_true", default=None, help="also compute accuracy vs eps up to max(--eps)"
@@ -150,7 +151,68 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--json", metavar="PATH", help="write the audit as JSON to PATH")
     au.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     au.add_argument("--quiet", action="store_true", help="no spinner")
+    _defense_parsers(sub)
     return parser
+
+
+EPILOG_DEFEND = """examples:
+  advrobust defend --model runs/mnist-std --transform jpeg:75 --transform bitdepth:4 --out runs/mnist-jpeg
+  advrobust eval --model runs/mnist-jpeg --eps 0.1 --suite adaptive    # BPDA: the honest number
+transforms: jpeg:QUALITY, bitdepth:BITS, blur:SIGMA, median:KERNEL_SIZE, noise:SIGMA, resize-pad:MIN_SCALE
+  (or name:key=value,key=value, e.g. blur:sigma=1.0,kernel_size=5)
+"""
+EPILOG_CERTIFY = """examples:
+  advrobust train --defense gaussian-augment --epochs 10 --out runs/mnist-noise
+  advrobust certify --model runs/mnist-noise --sigma 0.25 --n 1000 --n0 100 --alpha 0.001 --json out.json
+"""
+
+
+def _defense_parsers(sub: Any) -> None:
+    defend = sub.add_parser(
+        "defend",
+        help="wrap a saved model in input transformations (JPEG, bit depth, ...) and save the defended model",
+        description="Save a run directory whose model applies the transforms before the saved model; "
+        "load_model and every command rebuild the wrapper. Evaluate it with --suite adaptive: these defenses "
+        "mostly break gradients (Athalye et al., 2018) and only BPDA / EOT measure them honestly.",
+        epilog=EPILOG_DEFEND,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defend.add_argument("--config", metavar="YAML", help="read options from a YAML file (flags override it)")
+    defend.add_argument("--model", help="run directory of the model to defend (required)")
+    defend.add_argument(
+        "--transform", action="append", help="a transform spec, repeatable, applied in order (required)"
+    )
+    defend.add_argument("--out", help="run directory to write (required)")
+
+    cert = sub.add_parser(
+        "certify",
+        help="certified l2 radii under randomized smoothing (Cohen et al., 2019)",
+        description="Certify test images with the Gaussian-smoothed version of a saved model: n0 noisy draws "
+        "pick the class, n draws bound its probability (Clopper-Pearson, level alpha), radius "
+        "sigma * Phi^-1(pA). Reports certified accuracy at l2 radii.",
+        epilog=EPILOG_CERTIFY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_options(cert)
+    cert.add_argument("--model", help="run directory written by `advrobust train` (required)")
+    cert.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
+    cert.add_argument("--images", type=int, help="certify the first N images (default: 100)")
+    cert.add_argument(
+        "--sigma",
+        type=float,
+        help="noise level (default: the one the model was trained with, gaussian-augment)",
+    )
+    cert.add_argument("--n0", type=int, help="draws that pick the class (default: 100)")
+    cert.add_argument("--n", type=int, help="draws that bound its probability (default: 100000)")
+    cert.add_argument("--alpha", type=float, help="failure probability of each certificate (default: 0.001)")
+    cert.add_argument(
+        "--radii", type=float, nargs="+", help="l2 radii of the certified accuracy (default: 0 0.25 0.5 1)"
+    )
+    cert.add_argument("--batch-size", type=int, help="noisy images per forward pass (default: 1000)")
+    cert.add_argument("--seed", type=int, help="random seed of the noise (default: 0)")
+    cert.add_argument("--json", metavar="PATH", help="write the certificates as JSON to PATH")
+    cert.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    cert.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -353,6 +415,61 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> int:
     return 1 if report.status == "fail" else 0
 
 
+def _cmd_defend(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.config import DefendSettings, build_settings, read_yaml
+    from advrobust.runs import defend_run
+
+    config = read_yaml(args.config) if args.config else {}
+    settings = build_settings(DefendSettings, config, _overrides(args, ("command", "config")))
+    outcome = defend_run(settings)
+    model = outcome.model
+    chain = " -> ".join(t.name + (f"({t.extra_repr()})" if t.extra_repr() else "") for t in model.chain())
+    console.print(
+        f"defended {settings.model}: {chain} -> {outcome.card.arch}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    needs = [
+        name for name, needed in (("BPDA", not model.differentiable), ("EOT", model.randomized)) if needed
+    ]
+    if needs:
+        console.print(
+            f"it needs {' and '.join(needs)} to be evaluated honestly: advrobust eval --model {outcome.path} "
+            "--suite adaptive",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"saved {outcome.path} (model.safetensors, card.json)", markup=False, highlight=False)
+    return 0
+
+
+def _cmd_certify(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.config import CertifySettings, build_settings, read_yaml
+    from advrobust.runs import certify_run
+
+    config = read_yaml(args.config) if args.config else {}
+    settings = build_settings(CertifySettings, config, _overrides(args, ("command", "config", "quiet")))
+    with _progress(console, args.quiet, "certify") as bar:
+        cert, meta = certify_run(settings, progress=bar)
+    table = Table(
+        title=f"Certified l2 accuracy of {settings.model} smoothed at sigma {cert.sigma:g} "
+        f"({meta['data']['name']}, {len(cert.labels)} images, n={cert.n}, alpha={cert.alpha:g})"
+    )
+    table.add_column("radius", justify="right")
+    table.add_column("certified accuracy", justify="right")
+    for radius, accuracy in zip(cert.radii, cert.certified, strict=True):
+        table.add_row(f"{radius:g}", _pct(accuracy))
+    console.print(table)
+    console.print(
+        f"smoothed accuracy {_pct(cert.accuracy)}, abstained {_pct(cert.abstained)}, {cert.seconds:.1f} s"
+    )
+    if settings.json_path:
+        console.print(f"wrote {settings.json_path}")
+    return 0
+
+
 @contextmanager
 def _null() -> Iterator[None]:
     yield None
@@ -367,7 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     console = Console()
     errors = Console(stderr=True)
-    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "audit": _cmd_audit}
+    commands = {
+        "demo": _cmd_demo,
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "audit": _cmd_audit,
+        "defend": _cmd_defend,
+        "certify": _cmd_certify,
+    }
     try:
         return commands[args.command](args, console)
     except AdvrobustError as exc:

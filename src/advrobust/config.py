@@ -53,7 +53,7 @@ class EvalSettings(DataSettings):
     norm: Literal["linf", "l2", "l1"] = "linf"
     eps: list[float] = Field(default_factory=lambda: [0.3], min_length=1)
     attack: list[str] | None = Field(None, min_length=1)
-    suite: Literal["quick", "standard"] | None = None
+    suite: Literal["quick", "standard", "adaptive"] | None = None
     curve: bool = False
     curve_points: int = Field(13, ge=2)
     steps: int | None = Field(None, ge=1)
@@ -147,3 +147,40 @@ class AuditSettings(DataSettings):
     device: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DefendSettings(_Settings):
+    """``advrobust defend``: wrap a saved model in input transformations and save the defended model."""
+
+    model: str
+    transform: list[str] = Field(min_length=1)
+    out: str
+
+    @field_validator("transform", mode="before")
+    @classmethod
+    def _one_or_many_transforms(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class CertifySettings(DataSettings):
+    """``advrobust certify``: certified l2 radii of a saved model under randomized smoothing (Cohen et al.)."""
+
+    model: str
+    split: Literal["train", "test"] = "test"
+    images: int = Field(100, ge=1)
+    sigma: float | None = Field(None, gt=0)
+    n0: int = Field(100, ge=1)
+    n: int = Field(100_000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], min_length=1)
+    batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+    json_path: str | None = Field(None, alias="json")
+    device: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("radii", mode="before")
+    @classmethod
+    def _one_or_many_radii(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) else value

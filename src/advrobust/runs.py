@@ -12,8 +12,23 @@ import torch
 from torch import nn
 
 from advrobust.attacks import Attack, attack_class, create_attack
-from advrobust.config import AuditSettings, DataSettings, EvalSettings, TrainSettings
+from advrobust.config import (
+    AuditSettings,
+    CertifySettings,
+    DataSettings,
+    DefendSettings,
+    EvalSettings,
+    TrainSettings,
+)
 from advrobust.data import ImageDataset, load_dataset
+from advrobust.defenses import (
+    Certification,
+    InputTransformDefense,
+    SmoothedClassifier,
+    certify_dataset,
+    parse_transform,
+    save_defense,
+)
 from advrobust.errors import ConfigError, DataError
 from advrobust.evaluation import EvalResult, evaluate, save_run
 from advrobust.evaluation.audit import AuditReport, audit
@@ -129,8 +144,13 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
     return TrainOutcome(model=model, card=read_card(out), result=result, path=out)
 
 
-def build_attacks(settings: EvalSettings, threat: ThreatModel) -> list[Attack]:
-    """The attacks named in ``settings``, each given the options it has; an option no attack has is an error."""
+def build_attacks(
+    settings: EvalSettings, threat: ThreatModel, model: nn.Module | None = None
+) -> list[Attack]:
+    """The attacks named in ``settings``, each given the options it has; an option no attack has is an error.
+
+    ``model`` is what the ``adaptive`` suite adapts to.
+    """
     options = {
         "steps": settings.steps,
         "step_size": settings.step_size,
@@ -146,7 +166,7 @@ def build_attacks(settings: EvalSettings, threat: ThreatModel) -> list[Attack]:
             raise ConfigError(
                 f"{flags} cannot change a suite's fixed recipe: drop it, or name attacks with --attack"
             )
-        return build_suite(settings.suite, threat)
+        return build_suite(settings.suite, threat, model=model)
     for name in settings.attack_names:
         fields = {f.name for f in dataclasses.fields(attack_class(name))}
         mine = {k: v for k, v in options.items() if k in fields and v is not None}
@@ -208,7 +228,7 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
     results = []
     for eps in settings.eps:
         threat = ThreatModel(norm=settings.norm, eps=eps)
-        attacks = build_attacks(settings, threat)
+        attacks = build_attacks(settings, threat, model=model)
         results.append(
             evaluate(
                 model,
@@ -259,3 +279,88 @@ def audit_run(settings: AuditSettings) -> AuditReport:
     if settings.json_path is not None:
         atomic_write_json(settings.json_path, {**report.to_dict(), "meta": meta})
     return report
+
+
+@dataclass
+class DefendOutcome:
+    """A saved model wrapped in input transformations, and the run directory it was saved to."""
+
+    model: InputTransformDefense
+    card: ModelCard
+    path: Path
+
+
+# advrobust.defenses is imported above for this too: it registers the gaussian-augment training objective.
+def defend_run(settings: DefendSettings) -> DefendOutcome:
+    """Wrap the saved model ``settings.model`` in ``settings.transform`` (specs such as ``jpeg:75``) and
+    save it to ``settings.out``; a model that is already defended keeps its transforms, the new ones after.
+    """
+    source = load_model(settings.model)
+    card = read_card(settings.model)
+    transforms = [parse_transform(spec) for spec in settings.transform]
+    if isinstance(source, InputTransformDefense):
+        transforms = [*source.chain(), *transforms]
+        source = source.model
+    defended = InputTransformDefense(source, transforms).eval()
+    training = {k: v for k, v in card.training.items() if k != "defense"}
+    training["defended_from"] = {"path": str(settings.model), "weights_sha256": card.weights_sha256}
+    # The source's accuracies were measured without the transforms: they do not describe this model.
+    base = dataclasses.replace(card, training=training, metrics={})
+    out = save_defense(defended, settings.out, base)
+    return DefendOutcome(model=defended, card=read_card(out), path=out)
+
+
+def _card_sigma(card: ModelCard) -> float | None:
+    objective = card.training.get("objective")
+    if isinstance(objective, dict) and objective.get("name") == "gaussian-augment":
+        sigma = objective.get("sigma")
+        return float(sigma) if isinstance(sigma, (int, float)) else None
+    return None
+
+
+def certify_run(
+    settings: CertifySettings, *, progress: Callable[[int, int], None] | None = None
+) -> tuple[Certification, dict[str, Any]]:
+    """Certify the first ``settings.images`` images with randomized smoothing (Cohen et al., 2019).
+
+    ``sigma`` defaults to the one the model was trained with (gaussian-augment). Writes
+    ``settings.json_path`` when given. Returns the certificates and their provenance.
+    """
+    device = _device(settings.device)
+    card = read_card(settings.model)
+    sigma = settings.sigma if settings.sigma is not None else _card_sigma(card)
+    if sigma is None:
+        raise ConfigError(
+            f"{settings.model} was not trained with gaussian-augment: give the noise level with --sigma, "
+            "e.g. --sigma 0.25"
+        )
+    model = load_model(settings.model, device=device)
+    data = load_data(settings, settings.split).take(settings.images)
+    if tuple(data.input_shape) != tuple(card.input_shape) or data.num_classes != card.num_classes:
+        raise ConfigError(
+            f"the model takes {tuple(card.input_shape)} inputs with {card.num_classes} classes but "
+            f"{data.name} has {data.input_shape} and {data.num_classes}: use the data the model was trained for"
+        )
+    x, y = _tensors(data, device)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    certification = certify_dataset(
+        SmoothedClassifier(model, sigma=sigma),
+        x,
+        y,
+        n0=settings.n0,
+        n=settings.n,
+        alpha=settings.alpha,
+        radii=settings.radii,
+        batch_size=settings.batch_size,
+        generator=generator,
+        progress=progress,
+    )
+    meta = {
+        "model": {"path": str(settings.model), "arch": card.arch, "weights_sha256": card.weights_sha256},
+        "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
+        "seed": settings.seed,
+        "environment": environment(),
+    }
+    if settings.json_path is not None:
+        atomic_write_json(settings.json_path, {**certification.to_dict(), "meta": meta})
+    return certification, meta

@@ -12,6 +12,7 @@ from advrobust.defenses.smoothing import (
     betainc,
     binomial_test_half,
     certified_accuracy,
+    certify_dataset,
     clopper_pearson_lower,
 )
 from advrobust.defenses.transforms import (
@@ -27,7 +28,12 @@ from advrobust.defenses.transforms import (
     parse_transform,
     register_transform,
 )
-from advrobust.defenses.wrapper import InputTransformDefense, defense_from_spec, straight_through
+from advrobust.defenses.wrapper import (
+    InputTransformDefense,
+    defense_from_spec,
+    save_defense,
+    straight_through,
+)
 
 __all__ = [
     "JPEG",
@@ -45,11 +51,13 @@ __all__ = [
     "betainc",
     "binomial_test_half",
     "certified_accuracy",
+    "certify_dataset",
     "clopper_pearson_lower",
     "create_transform",
     "defense_from_spec",
     "list_transforms",
     "parse_transform",
     "register_transform",
+    "save_defense",
     "straight_through",
 ]

@@ -259,7 +259,7 @@ class GaussianBlur(Transform):
     def forward(self, x: Tensor) -> Tensor:
         _check_images(x, "GaussianBlur")
         c, k = x.shape[1], self.kernel_size
-        kernel = self.kernel.to(x.dtype)
+        kernel = self.kernel.to(device=x.device, dtype=x.dtype)
         padded = _reflect_pad(x, k // 2)
         # Separable: one pass along the rows, one along the columns.
         rows = F.conv2d(padded, kernel.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)

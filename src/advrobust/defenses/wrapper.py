@@ -7,7 +7,10 @@ records the transforms (``training["defense"]``), so ``load_model`` rebuilds the
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +18,7 @@ from torch import Tensor, nn
 
 from advrobust.defenses.transforms import Transform, create_transform, parse_transform
 from advrobust.errors import ConfigError, ModelFileError
+from advrobust.models import ModelCard, save_model
 
 WRAPPER_NAME = "input-transform"
 
@@ -52,22 +56,23 @@ class InputTransformDefense(nn.Module):
         self.model = model
         self.transforms = nn.ModuleList(built)
 
-    def _chain(self) -> list[Transform]:
+    def chain(self) -> list[Transform]:
+        """The transforms, in the order they apply."""
         return [t for t in self.transforms if isinstance(t, Transform)]
 
     @property
     def differentiable(self) -> bool:
         """True when autograd through every transform gives a useful gradient (else attack with BPDA)."""
-        return all(t.differentiable for t in self._chain())
+        return all(t.differentiable for t in self.chain())
 
     @property
     def randomized(self) -> bool:
         """True when some transform draws new randomness on each call (attack with EOT)."""
-        return any(t.randomized for t in self._chain())
+        return any(t.randomized for t in self.chain())
 
     def transform(self, x: Tensor) -> Tensor:
         """The transformed input the model sees."""
-        for t in self._chain():
+        for t in self.chain():
             x = t(x)
         return x
 
@@ -77,21 +82,21 @@ class InputTransformDefense(nn.Module):
 
     def bpda_forward(self, x: Tensor) -> Tensor:
         """The same logits as ``forward``; non-differentiable transforms backpropagate their surrogate."""
-        for t in self._chain():
+        for t in self.chain():
             x = t(x) if t.differentiable else straight_through(t, x)
         out: Tensor = self.model(x)
         return out
 
     def manual_seed(self, seed: int) -> InputTransformDefense:
         """Give each randomized transform its own CPU generator seeded from ``seed``; returns self."""
-        for i, t in enumerate(self._chain()):
+        for i, t in enumerate(self.chain()):
             if t.randomized:
                 t.generator = torch.Generator().manual_seed(seed + i)
         return self
 
     def spec(self) -> dict[str, Any]:
         """What the model card records: the wrapper's kind and each transform's hyperparameters."""
-        return {"wrapper": WRAPPER_NAME, "transforms": [t.to_dict() for t in self._chain()]}
+        return {"wrapper": WRAPPER_NAME, "transforms": [t.to_dict() for t in self.chain()]}
 
 
 def defense_from_spec(model: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
@@ -113,3 +118,13 @@ def defense_from_spec(model: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
         except ConfigError as exc:
             raise ModelFileError(f"the model card's defense cannot be rebuilt: {exc}") from None
     return InputTransformDefense(model, transforms).eval()
+
+
+def save_defense(defense: InputTransformDefense, path: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Save the defended model as a run directory: the inner model's weights, and ``card`` with the
+    transforms recorded in ``training["defense"]`` so that ``load_model`` rebuilds the wrapper.
+
+    ``card`` describes the inner model (e.g. the card of the run it was loaded from).
+    """
+    training = {**card.training, "defense": defense.spec()}
+    return save_model(defense.model, path, dataclasses.replace(card, training=training))

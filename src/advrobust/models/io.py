@@ -231,7 +231,8 @@ def load_model(path: PathLike, *, device: str | torch.device | None = None) -> n
     """Load a model saved by ``save_model``: verify its checksum, rebuild it from the card, in eval mode.
 
     ``path`` is a run directory or its ``model.safetensors`` (with ``card.json`` beside it). Pickle files
-    (.pt, .pth, .pkl, .bin, ...) are refused, never opened. The model keeps the stored dtype.
+    (.pt, .pth, .pkl, .bin, ...) are refused, never opened. The model keeps the stored dtype. A card that
+    records a defense wrapper (``training["defense"]``, written by ``advrobust defend``) gets it rebuilt.
     """
     weights, card_path = _paths(path)
     if not weights.parent.is_dir():
@@ -262,9 +263,16 @@ def load_model(path: PathLike, *, device: str | torch.device | None = None) -> n
         raise ConfigError(
             f"model {card.arch!r} has tensors outside its state dict ({_few(left)}): make its buffers persistent"
         )
+    loaded: nn.Module = model
+    defense = card.training.get("defense")
+    if isinstance(defense, dict) and "wrapper" in defense:
+        # A model saved behind a defense wrapper (advrobust defend) comes back behind it.
+        from advrobust.defenses.wrapper import defense_from_spec  # late: defenses build on models
+
+        loaded = defense_from_spec(model, defense)
     if device is not None:
-        model = model.to(device)
-    return model.eval()
+        loaded = loaded.to(device)
+    return loaded.eval()
 
 
 def _refuse_lone_pickle(folder: Path) -> None:
