@@ -1,7 +1,10 @@
-"""The training loop: it learns, checkpoints atomically, and resumes to identical weights."""
+"""The training loop: it learns, checkpoints atomically (all state), resumes to identical weights, keeps an EMA,
+validates robustness on held-out samples, replays batches and lets callbacks stop it."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,23 @@ from advrobust.data import ImageDataset
 from advrobust.errors import ConfigError, ModelFileError
 from advrobust.fileio import atomic_writer
 from advrobust.models import create_model
-from advrobust.training import CHECKPOINT_NAME, TrainConfig, accuracy, load_checkpoint, train
+from advrobust.training import (
+    CHECKPOINT_NAME,
+    EMA,
+    Callback,
+    FreeAT,
+    OverfitGuard,
+    StepInfo,
+    Stop,
+    TrainConfig,
+    TrainContext,
+    accuracy,
+    load_checkpoint,
+    train,
+)
+from advrobust.training.trainer import _cyclic
+
+from .conftest import THREAT, make_objective, small_cnn
 
 
 def test_training_learns_mnist(trained_cnn: torch.nn.Module, mini_test: ImageDataset) -> None:
@@ -92,3 +111,236 @@ def test_atomic_writer_keeps_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("crash")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+# --- adversarial training: resume, checkpoint contents, EMA, robust validation, replays, callbacks ---
+
+
+class StopError(Exception):
+    pass
+
+
+def _kill_in_epoch(epoch: int) -> Callable[[StepInfo], None]:
+    def stop(step: StepInfo) -> None:
+        if step.epoch == epoch and step.step > 1:
+            raise StopError
+
+    return stop
+
+
+RESUMABLE = {
+    # Free-AT carries its perturbation (objective state) and replays; Fast-AT's guard keeps its own state.
+    "free-at": {"replays": 2},
+    "fast-at": {"guard_samples": 64, "guard_steps": 3},
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
+def test_resume_after_a_kill_reproduces_adversarial_training(
+    name: str, tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    data = mini_train.take(360)
+    config = TrainConfig(
+        epochs=3, batch_size=50, seed=3, lr=2e-3, ema_decay=0.9, robust_val=60, robust_val_steps=3
+    )
+    objective = make_objective(name, **RESUMABLE[name])
+    straight = small_cnn()
+    expected = train(straight, data, objective=objective, config=config, out_dir=tmp_path / "a")
+
+    killed = small_cnn()
+    with pytest.raises(StopError):
+        train(
+            killed,
+            data,
+            objective=objective,
+            config=config,
+            out_dir=tmp_path / "k",
+            progress=_kill_in_epoch(3),
+        )
+    assert int(load_checkpoint(tmp_path / "k" / CHECKPOINT_NAME)["epoch"]) == 2
+    resumed = small_cnn(seed=123)  # different init: everything must come from the checkpoint
+    result = train(resumed, data, objective=objective, config=config, out_dir=tmp_path / "k", resume=True)
+
+    assert result.resumed_from == 2
+    assert (result.weights, result.best_epoch) == (expected.weights, expected.best_epoch)
+    for key in ("loss", "train_accuracy", "holdout_robust_accuracy", "holdout_accuracy"):
+        assert [h[key] for h in result.history] == [h[key] for h in expected.history], key
+    for (key, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), key
+    raw_a = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
+    raw_k = load_checkpoint(tmp_path / "k" / CHECKPOINT_NAME)
+    for key, value in raw_a["model"].items():
+        assert torch.equal(value, raw_k["model"][key]), key
+    for key, value in raw_a["ema"]["module"].items():
+        assert torch.equal(value, raw_k["ema"]["module"][key]), key
+
+
+def test_checkpoint_holds_all_the_state(tmp_path: Path, mini_train: ImageDataset) -> None:
+    data = mini_train.take(200)
+    config = TrainConfig(epochs=2, batch_size=50, ema_decay=0.9, robust_val=40, robust_val_steps=2)
+    objective = FreeAT(threat=THREAT, replays=3)
+    model = small_cnn()
+    result = train(
+        model,
+        data,
+        objective=objective,
+        config=config,
+        out_dir=tmp_path,
+        callbacks=[OverfitGuard(threat=THREAT, samples=32, steps=2)],
+    )
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    keys = set(model.state_dict())
+    assert state["epoch"] == 2
+    assert set(state["model"]) == keys and set(state["ema"]["module"]) == keys
+    assert state["ema"]["updates"] == 2 * 4 * 3  # epochs * batches * replays
+    assert state["scheduler"]["last_epoch"] == 2 * 4 * 3
+    assert state["optimizer"]["state"]  # Adam moments
+    assert set(state["rng"]) >= {"shuffle", "attack", "torch"}
+    assert state["objective_state"]["delta"].shape == (50, 1, 28, 28)
+    [guard] = state["callbacks"]
+    assert guard["best"] is not None and set(guard["good"]["model"]) == keys
+    assert state["best"]["epoch"] == result.best_epoch and set(state["best"]["model"]) == keys
+    assert state["config"]["objective"]["threat"] == {"norm": "linf", "eps": 0.1, "bounds": [0.0, 1.0]}
+    assert state["stopped"] is None
+    assert len(state["history"]) == 2 and "guard_robust_accuracy" in state["history"][-1]
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_delivered(
+    tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    model = small_cnn()
+    result = train(
+        model,
+        mini_train.take(300),
+        config=TrainConfig(epochs=2, batch_size=50, ema_decay=0.9),
+        out_dir=tmp_path,
+    )
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    raw, ema = state["model"], state["ema"]["module"]
+    assert result.weights == "ema"
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ema[key]), key
+
+
+def test_ema_follows_the_warmed_up_average() -> None:
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, 0.99)
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    for t in range(1, 4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(net)
+        decay = min(0.99, (1 + t) / (10 + t))
+        expected = {k: decay * expected[k] + (1 - decay) * v for k, v in net.state_dict().items()}
+    for key, value in ema.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+
+
+def test_robust_validation_holds_out_samples_and_delivers_the_most_robust_epoch(
+    mini_train: ImageDataset,
+) -> None:
+    data = mini_train.take(400)
+    seen: list[int] = []
+
+    class Sizes(Callback):
+        def on_train_start(self, ctx: TrainContext) -> None:
+            seen.append(len(ctx.data))
+
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Weights(Callback):
+        def on_epoch_end(self, ctx: TrainContext, *, epoch: int) -> None:
+            snapshots[epoch] = ctx.snapshot()["model"]
+
+    model = small_cnn()
+    config = TrainConfig(epochs=3, batch_size=50, lr=2e-3, robust_val=80, robust_val_steps=3)
+    result = train(
+        model,
+        data,
+        objective=make_objective("fast-at", guard=False),
+        config=config,
+        callbacks=[Sizes(), Weights()],
+    )
+    assert seen == [320] and result.holdout_samples == 80
+    scores = [(h["holdout_robust_accuracy"], h["holdout_accuracy"]) for h in result.history]
+    assert result.weights == "best" and result.best_epoch == 1 + scores.index(max(scores))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[result.best_epoch][key]), key
+    # select="last" keeps the last weights instead.
+    last = small_cnn()
+    again = train(
+        last,
+        data,
+        objective=make_objective("fast-at", guard=False),
+        config=dataclasses.replace(config, select="last"),
+    )
+    assert again.weights == "last" and again.best_epoch is None
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]
+    for key, value in last.state_dict().items():
+        assert torch.equal(value, snapshots[3][key]), key
+
+
+def test_robust_validation_needs_an_adversarial_objective(mini_train: ImageDataset) -> None:
+    with pytest.raises(ConfigError, match="adversarial objective"):
+        train(small_cnn(), mini_train.take(100), config=TrainConfig(epochs=1, robust_val=10))
+    with pytest.raises(ConfigError, match="more than half"):
+        train(
+            small_cnn(),
+            mini_train.take(100),
+            objective=make_objective("fast-at"),
+            config=TrainConfig(epochs=1, robust_val=60),
+        )
+
+
+def test_callbacks_can_stop_a_run_which_then_stays_stopped(tmp_path: Path, mini_train: ImageDataset) -> None:
+    class StopAtStep(Callback):
+        def on_step_end(self, ctx: TrainContext, *, epoch: int, step: int) -> Stop | None:
+            return Stop("enough") if (epoch, step) == (2, 3) else None
+
+    data = mini_train.take(250)
+    config = TrainConfig(epochs=4, batch_size=50)
+    model = small_cnn()
+    result = train(model, data, config=config, out_dir=tmp_path, callbacks=[StopAtStep()])
+    assert result.stopped == {
+        "epoch": 2,
+        "step": 3,
+        "reason": "enough",
+        "restored_epoch": None,
+        "restored_step": None,
+    }
+    assert len(result.history) == 2 and result.history[-1]["stopped"] == 1.0
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    again_model = small_cnn(seed=5)
+    again = train(again_model, data, config=config, out_dir=tmp_path, resume=True, callbacks=[StopAtStep()])
+    assert again.stopped == result.stopped and len(again.history) == 2
+    for key, value in again_model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_progress_reports_clean_and_robust_accuracy_and_throughput(mini_train: ImageDataset) -> None:
+    infos: list[StepInfo] = []
+    train(
+        small_cnn(),
+        mini_train.take(200),
+        objective=make_objective("fast-at", guard=False),
+        config=TrainConfig(epochs=1, batch_size=50, robust_val=0),
+        progress=infos.append,
+    )
+    assert [i.step for i in infos] == [1, 4]
+    last = infos[-1]
+    assert last.robust_accuracy == last.accuracy and last.clean_accuracy is not None
+    assert 0 <= last.clean_accuracy <= 1 and last.samples_per_second > 0
+    plain: list[StepInfo] = []
+    train(
+        small_cnn(), mini_train.take(100), config=TrainConfig(epochs=1, batch_size=50), progress=plain.append
+    )
+    assert plain[-1].robust_accuracy is None and plain[-1].clean_accuracy is None
+
+
+def test_cyclic_schedule_is_the_fast_at_triangle() -> None:
+    factor = _cyclic(100)
+    values = [factor(t) for t in range(100)]
+    assert values.index(max(values)) == 39 and max(values) == pytest.approx(1.0)
+    assert values[-1] == 0.0 and values[0] == pytest.approx(0.01 / 0.4)

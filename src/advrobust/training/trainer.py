@@ -119,7 +119,7 @@ class TrainResult:
     """Per-epoch history and totals, which weights the model holds, and why training stopped early, if it did.
 
     ``weights``: "last" (the raw weights after the last epoch), "ema", or "best" (those of ``best_epoch``,
-    the epoch with the highest held-out robust accuracy). ``stopped``: None, or the epoch, step and reason
+    the epoch with the highest accuracy under PGD on ``holdout_samples`` held out of the training data). ``stopped``: None, or the epoch, step and reason
     a callback gave (e.g. the overfitting guard), with the epoch and step of the weights it restored.
     """
 
@@ -129,6 +129,7 @@ class TrainResult:
     weights: Literal["last", "ema", "best"] = "last"
     best_epoch: int | None = None
     stopped: dict[str, Any] | None = None
+    holdout_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +139,7 @@ class TrainResult:
             "weights": self.weights,
             "best_epoch": self.best_epoch,
             "stopped": self.stopped,
+            "holdout_samples": self.holdout_samples,
         }
 
 
@@ -276,7 +278,7 @@ def train(
     stateful = objective if isinstance(objective, StatefulObjective) else None
     if stateful is not None:
         stateful.load_state_dict({})  # a fresh start, whatever an earlier run left in the objective
-    result = TrainResult()
+    result = TrainResult(holdout_samples=len(holdout) if holdout is not None else 0)
     best: dict[str, Any] | None = None
     start_epoch = 0
     record = {
@@ -291,10 +293,15 @@ def train(
         state = load_checkpoint(checkpoint_path)
         saved = dict(state["config"])
         mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
-        if mismatched or len(state["callbacks"]) != len(hooks):
+        if mismatched:
             raise ConfigError(
-                f"the checkpoint in {out_dir} was made with other settings ({', '.join(mismatched) or 'callbacks'}): "
+                f"the checkpoint in {out_dir} was made with other settings ({', '.join(mismatched)}): "
                 "resume with the same options, or start a new run in another directory"
+            )
+        if len(state["callbacks"]) != len(hooks):
+            raise ConfigError(
+                f"the checkpoint in {out_dir} holds the state of {len(state['callbacks'])} callback(s) but this "
+                f"run has {len(hooks)}: resume with the same callbacks"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,163 @@
+"""The adversarial objectives: each makes the model robust, crafts points inside the threat model, runs its
+attack in the model mode asked for, and validates its hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.errors import ConfigError
+from advrobust.threat import ThreatModel, project_delta
+from advrobust.training import (
+    FreeAT,
+    create_objective,
+    list_objectives,
+    objective_options,
+)
+
+from .conftest import THREAT, Trained, clean_and_robust, small_cnn
+
+ADVERSARIAL = ["pgd-at", "fast-at", "trades", "mart", "free-at"]
+
+
+def test_all_objectives_are_registered() -> None:
+    assert set(list_objectives()) >= {"standard", *ADVERSARIAL}
+    for name in ADVERSARIAL:
+        assert "threat" in objective_options(name)
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_objective_raises_robust_accuracy_well_above_standard_training(
+    name: str, trained_with: Trained, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    _, base_robust = clean_and_robust(trained_with("standard")[0], batch)
+    model, result = trained_with(name)
+    clean, robust = clean_and_robust(model, batch)
+    assert robust >= base_robust + 0.15, (name, clean, robust, base_robust)
+    assert clean >= 0.8, (name, clean)
+    assert result.stopped is None
+    last = result.history[-1]
+    assert last["train_robust_accuracy"] == last["train_accuracy"]
+    assert 0 < last["train_clean_accuracy"] <= 1
+    if name == "fast-at":
+        assert "guard_robust_accuracy" in last  # the guard ran, and did not fire
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10)
+    )
+
+
+# (attack forwards, training forwards) per call of loss() with the defaults.
+FORWARDS = {"pgd-at": (7, 1), "fast-at": (1, 1), "trades": (11, 2), "mart": (10, 2)}
+
+
+@pytest.mark.parametrize("name", list(FORWARDS))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_attack_mode_sets_the_model_mode_of_the_attack_forwards(
+    name: str, mode: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch[0][:16], batch[1][:16]
+    model = _bn_model().train()
+    modes: list[bool] = []
+    model[1].register_forward_hook(lambda module, _i, _o: modes.append(module.training))
+    objective = create_objective(name, threat=THREAT, attack_mode=mode)
+    loss, logits = objective.loss(model, x, y, generator=torch.Generator().manual_seed(0))
+    attack, training = FORWARDS[name]
+    assert len(modes) == attack + training
+    assert modes[attack:] == [True] * training  # the loss itself is always computed in train mode
+    assert modes[:attack] == [mode == "train"] * attack
+    assert model.training and model[1].training  # restored
+    assert loss.dim() == 0 and loss.requires_grad and logits.shape == (16, 10)
+    # Batch-norm statistics moved once per train-mode forward: with "eval", never for the attack.
+    assert int(model[1].num_batches_tracked) == training + (attack if mode == "train" else 0)
+
+
+@pytest.mark.parametrize("threat", [THREAT, ThreatModel(norm="l2", eps=1.5)], ids=["linf", "l2"])
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_training_points_lie_inside_the_threat_model(
+    name: str, threat: ThreatModel, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch[0][:32], batch[1][:32]
+    model = small_cnn().train()
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()) if m.training else None)
+    objective = create_objective(name, threat=threat)
+    for _ in range(2):  # twice: Free-AT moves its perturbation after the first backward
+        loss, _ = objective.loss(model, x, y, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+    adversarial = [s for s in seen if not torch.equal(s, x)]
+    assert adversarial, "no training forward saw a perturbed input"
+    for point in adversarial:
+        assert bool(threat.contains(point, x, tol=1e-6).all())
+        assert float((point - x).abs().max()) > 0
+
+
+def test_free_at_reuses_the_training_backward_and_carries_the_perturbation(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, y = batch[0][:20], batch[1][:20]
+    model = small_cnn().train()
+    objective = FreeAT(threat=THREAT, replays=2)
+    loss, _ = objective.loss(model, x, y, generator=None)
+    leaf = objective._carry.pending
+    assert leaf is not None and not bool(leaf.detach().any())  # starts at zero
+    loss.backward()  # the one backward gives the weight gradient and the input gradient
+    assert leaf.grad is not None and all(p.grad is not None for p in model.parameters())
+    expected = project_delta(leaf.detach() + THREAT.eps * leaf.grad.sign(), "linf", THREAT.eps)
+    objective.loss(model, x, y, generator=None)  # the next replay starts from the moved perturbation
+    moved = objective._carry.pending
+    assert moved is not None and torch.equal(moved.detach(), expected)
+    # It carries over to the next (smaller) batch, and survives a checkpoint round trip.
+    state = objective.state_dict()
+    other = FreeAT(threat=THREAT, replays=2)
+    other.load_state_dict(state)
+    other.loss(model, x[:5], y[:5], generator=None)
+    assert other._carry.pending is not None and torch.equal(other._carry.pending.detach(), expected[:5])
+    other.load_state_dict({})
+    assert other._carry.delta is None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("pgd-at", {"steps": 0}, "steps"),
+        ("pgd-at", {"step_size": -0.1}, "step_size"),
+        ("pgd-at", {"clean_weight": 1.5}, "clean_weight"),
+        ("trades", {"beta": -1.0}, "beta"),
+        ("mart", {"attack_mode": "test"}, "attack_mode"),
+        ("free-at", {"replays": 0}, "replays"),
+        ("fast-at", {"guard_drop": 0.0}, "guard_drop"),
+        ("fast-at", {"threat": {"eps": 0.3}}, "ThreatModel"),
+        ("trades", {"replays": 2}, "no option"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(name: str, options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_objective(name, **options)
+
+
+def test_params_are_json_with_the_threat_and_the_papers_defaults() -> None:
+    assert create_objective("pgd-at").params() == {
+        "threat": {"norm": "linf", "eps": 0.3, "bounds": [0.0, 1.0]},
+        "steps": 7,
+        "step_size": None,
+        "random_start": True,
+        "clean_weight": 0.0,
+        "attack_mode": "eval",
+    }
+    trades = create_objective("trades", threat=THREAT)
+    assert trades.params()["beta"] == 6.0 and trades.params()["steps"] == 10
+    assert trades.alpha == pytest.approx(THREAT.eps / 4)  # type: ignore[attr-defined]
+    assert create_objective("mart").params()["beta"] == 6.0
+    assert create_objective("fast-at").alpha == pytest.approx(0.375)  # type: ignore[attr-defined]
+    assert create_objective("pgd-at").alpha == pytest.approx(2.5 * 0.3 / 7)  # type: ignore[attr-defined]
+    free = create_objective("free-at")
+    assert free.params() == {
+        "threat": {"norm": "linf", "eps": 0.3, "bounds": [0.0, 1.0]},
+        "replays": 8,
+        "step_size": None,
+    }
