@@ -24,6 +24,9 @@ from advrobust.errors import AdvrobustError
 
 EPILOG_TRAIN = """examples:
   advrobust train --data mnist-mini --model small-cnn --epochs 5 --out runs/mnist-std
+  advrobust train --data mnist --model small-cnn --defense fast-at --norm linf --eps 0.3 --epochs 10 \
+      --lr 5e-3 --schedule cyclic --out runs/mnist-fast      # Wong et al. 2020's MNIST recipe
+  advrobust train --defense trades --eps 0.3 --beta 6 --steps 10 --robust-val 500 --ema-decay 0.999
   advrobust train --config train.yaml --epochs 10      # flags override the YAML file
 """
 EPILOG_EVAL = """examples:
@@ -65,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model", help="architecture name, e.g. small-cnn, madry-cnn, preact-resnet18 (default: small-cnn)"
     )
-    train.add_argument("--defense", help="training objective (default: standard)")
+    train.add_argument(
+        "--defense",
+        help="training objective: standard, pgd-at, fast-at, trades, mart or free-at (default: standard)",
+    )
     train.add_argument("--epochs", type=int, help="number of epochs (default: 5)")
     train.add_argument("--batch-size", type=int, help="batch size (default: 128)")
     train.add_argument("--optimizer", choices=["sgd", "adam"], help="optimizer (default: adam)")
@@ -73,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
     train.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
     train.add_argument(
-        "--schedule", choices=["constant", "cosine", "onecycle"], help="lr schedule (default: constant)"
+        "--schedule",
+        choices=["constant", "cosine", "onecycle", "cyclic"],
+        help="lr schedule; cyclic: 0 -> lr -> 0, Fast-AT's (default: constant)",
     )
     train.add_argument(
         "--normalize",
@@ -88,6 +96,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    adv = train.add_argument_group(
+        "adversarial defenses (each takes the options it has; defaults from its paper)"
+    )
+    adv.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
+    adv.add_argument("--eps", type=float, help="perturbation budget (default: 0.3)")
+    adv.add_argument(
+        "--steps", type=int, help="attack steps: pgd-at 7, trades 10, mart 10 (fast-at: 1, free-at: replays)"
+    )
+    adv.add_argument(
+        "--step-size",
+        type=float,
+        help="attack step: pgd-at 2.5*eps/steps, fast-at 1.25*eps, trades/mart eps/4, free-at eps",
+    )
+    adv.add_argument("--beta", type=float, help="weight of the robust term: trades, mart (default: 6)")
+    adv.add_argument(
+        "--replays",
+        type=int,
+        help="free-at: optimizer steps per batch (default: 8); an epoch costs that many passes",
+    )
+    adv.add_argument(
+        "--clean-weight", type=float, help="pgd-at: weight of the clean loss in [0, 1] (default: 0)"
+    )
+    adv.add_argument(
+        "--attack-mode",
+        choices=["eval", "train"],
+        help="model mode while crafting training attacks; eval leaves batch-norm statistics alone (default: eval)",
+    )
+    adv.add_argument(
+        "--guard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fast-at: stop and restore the last good weights on catastrophic overfitting (default: on)",
+    )
+    adv.add_argument(
+        "--ema-decay", type=float, help="keep and save an EMA of the weights, e.g. 0.999 (default: off)"
+    )
+    adv.add_argument(
+        "--robust-val",
+        type=int,
+        help="training images held out for PGD validation each epoch; the most robust epoch is saved "
+        "(default: 500 for adversarial defenses, at most a tenth of the data; 0: off)",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -257,7 +307,11 @@ def _progress(console: Console, quiet: bool, description: str) -> Iterator[Calla
 
 def _train_progress(update: Callable[..., None]) -> Callable[[Any], None]:
     def on_step(step: Any) -> None:
-        info = f"epoch {step.epoch}/{step.epochs} loss {step.loss:.3f} acc {100 * step.accuracy:.1f}% {step.samples_per_second:,.0f} img/s"
+        acc = f"acc {100 * step.accuracy:.1f}%"
+        if step.robust_accuracy is not None:
+            clean = "-" if step.clean_accuracy is None else f"{100 * step.clean_accuracy:.1f}%"
+            acc = f"clean {clean} robust {100 * step.robust_accuracy:.1f}%"
+        info = f"epoch {step.epoch}/{step.epochs} loss {step.loss:.3f} {acc} {step.samples_per_second:,.0f} img/s"
         update((step.epoch - 1) * step.steps + step.step, step.epochs * step.steps, info)
 
     return on_step
@@ -322,20 +376,33 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     settings = build_settings(TrainSettings, config, _overrides(args, ("command", "config", "quiet")))
     with _progress(console, args.quiet, "train") as bar:
         outcome = train_run(settings, progress=_train_progress(bar))
+    result = outcome.result
     table = Table(title=f"{settings.model} on {outcome.card.dataset} ({settings.defense})")
-    for column in ("epoch", "loss", "train acc", "val acc", "seconds", "img/s"):
+    # Adversarial defenses: train acc is on the training attack's points, holdout robust under PGD.
+    adversarial = any("train_robust_accuracy" in h for h in result.history)
+    train_columns = ("train robust", "train clean", "holdout robust") if adversarial else ("train acc",)
+    for column in ("epoch", "loss", *train_columns, "val acc", "seconds", "img/s"):
         table.add_column(column, justify="right")
-    for h in outcome.result.history:
-        val = _pct(h["val_accuracy"]) if "val_accuracy" in h else "-"
+    for h in result.history:
+        cells = [_pct(h[k]) if k in h else "-" for k in ("train_clean_accuracy", "holdout_robust_accuracy")]
         table.add_row(
             str(int(h["epoch"])),
             f"{h['loss']:.4f}",
             _pct(h["train_accuracy"]),
-            val,
+            *(cells if adversarial else ()),
+            _pct(h["val_accuracy"]) if "val_accuracy" in h else "-",
             f"{h['seconds']:.1f}",
             f"{h['samples_per_second']:,.0f}",
         )
     console.print(table)
+    if result.stopped is not None:
+        console.print(f"warning: {result.stopped['reason']}", style="yellow", markup=False, highlight=False)
+    if result.weights == "best":
+        console.print(
+            f"saved the weights of epoch {result.best_epoch}, the most robust on the held-out images"
+        )
+    elif result.weights == "ema":
+        console.print("saved the EMA of the weights")
     console.print(f"saved {outcome.path} (model.safetensors, card.json, checkpoint.pt, history.json)")
     return 0
 

@@ -36,12 +36,25 @@ class TrainSettings(DataSettings):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    schedule: Literal["constant", "cosine", "onecycle", "cyclic"] = "constant"
     normalize: bool = True
     seed: int = 0
     out: str = "runs/model"
     resume: bool = False
     device: str | None = None
+    # The defense's options: None takes the objective's default; one it does not have is an error.
+    norm: Literal["linf", "l2", "l1"] | None = None
+    eps: float | None = Field(None, ge=0)
+    steps: int | None = Field(None, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    beta: float | None = Field(None, ge=0)
+    replays: int | None = Field(None, ge=1)
+    clean_weight: float | None = Field(None, ge=0, le=1)
+    attack_mode: Literal["eval", "train"] | None = None
+    guard: bool | None = None
+    # Trainer options.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    robust_val: int | None = Field(None, ge=0)
 
 
 class EvalSettings(DataSettings):

@@ -39,7 +39,16 @@ from advrobust.models import ModelCard, create_model, load_model, read_card, sav
 from advrobust.models.registry import model_options
 from advrobust.provenance import environment
 from advrobust.threat import ThreatModel
-from advrobust.training import StepInfo, TrainConfig, TrainResult, accuracy, create_objective, train
+from advrobust.training import (
+    Objective,
+    StepInfo,
+    TrainConfig,
+    TrainResult,
+    accuracy,
+    create_objective,
+    objective_options,
+    train,
+)
 
 HISTORY_NAME = "history.json"
 
@@ -79,6 +88,38 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def build_objective(settings: TrainSettings) -> Objective:
+    """The objective ``settings.defense`` with the options given; an option it does not have is an error."""
+    options: dict[str, Any] = {
+        "steps": settings.steps,
+        "step_size": settings.step_size,
+        "beta": settings.beta,
+        "replays": settings.replays,
+        "clean_weight": settings.clean_weight,
+        "attack_mode": settings.attack_mode,
+        "guard": settings.guard,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    known = set(objective_options(settings.defense))
+    if settings.norm is not None or settings.eps is not None:
+        if "threat" not in known:
+            raise ConfigError(
+                f"--norm/--eps apply to adversarial defenses, not {settings.defense!r}: drop them or pick "
+                "e.g. --defense fast-at"
+            )
+        given["threat"] = ThreatModel(
+            norm=settings.norm or "linf", eps=settings.eps if settings.eps is not None else 0.3
+        )
+    unused = sorted(set(given) - known)
+    if unused:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise ConfigError(
+            f"{flags} does not apply to --defense {settings.defense}: its options are "
+            f"{', '.join(sorted(known - {'threat'})) or 'none'}"
+        )
+    return create_objective(settings.defense, **given)
+
+
 def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] | None = None) -> TrainOutcome:
     """Train ``settings.model`` on ``settings.data`` with ``settings.defense``; save a run directory.
 
@@ -98,7 +139,7 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
     model = create_model(
         settings.model, num_classes=data.num_classes, in_channels=c, mean=mean, std=std, **kwargs
     ).to(device)
-    objective = create_objective(settings.defense)
+    objective = build_objective(settings)
     config = TrainConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -108,6 +149,8 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         weight_decay=settings.weight_decay,
         schedule=settings.schedule,
         seed=settings.seed,
+        ema_decay=settings.ema_decay,
+        robust_val=settings.robust_val,
     )
     out = Path(settings.out)
     result = train(
@@ -122,6 +165,10 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         progress=progress,
     )
     metrics: dict[str, Any] = {"train_accuracy": result.history[-1]["train_accuracy"]}
+    if result.best_epoch is not None:
+        chosen = result.history[result.best_epoch - 1]
+        metrics["holdout_accuracy"] = chosen["holdout_accuracy"]
+        metrics["holdout_robust_accuracy"] = chosen["holdout_robust_accuracy"]
     if val is not None:
         metrics["clean_accuracy"] = accuracy(model, val, device=device)
         metrics["clean_accuracy_split"] = "test"
@@ -135,7 +182,12 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
             "config": dataclasses.asdict(config),
             "seconds": result.seconds,
             "samples": len(data),
+            "holdout_samples": result.holdout_samples,
             "data_source": data.source,
+            # Which weights were saved: "best" (of best_epoch, by held-out robust accuracy), "ema" or "last".
+            "weights": result.weights,
+            "best_epoch": result.best_epoch,
+            "stopped": result.stopped,
         },
         metrics=metrics,
     )
