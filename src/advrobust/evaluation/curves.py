@@ -107,7 +107,7 @@ def robustness_curve(
                 dist = torch.where(fooled, dist.double(), torch.full_like(dist.double(), math.inf)).cpu()
                 part = distances[start : start + batch_size]
                 distances[start : start + batch_size] = torch.minimum(part, dist)
-        grid = [eps_max * i / (points - 1) for i in range(points)]
+        grid = [round(eps_max * i / (points - 1), 12) for i in range(points)]
         if fixed_eps_attack is not None:
             sources.append(fixed_eps_attack)
             for g, eps in enumerate(grid[1:]):

@@ -1,0 +1,57 @@
+"""Robustness curves: consistent with fixed-eps evaluations, monotone, and honest about their sources."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from advrobust.attacks import APGD
+from advrobust.evaluation import evaluate
+from advrobust.evaluation.curves import robustness_curve
+from advrobust.threat import ThreatModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def test_linf_curve_is_monotone_and_bounds_fixed_eps_results(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    x, y = x[:100], y[:100]
+    curve = robustness_curve(trained_cnn, x, y, norm="linf", eps_max=0.2, points=5)
+    assert curve.eps == [0.0, 0.05, 0.1, 0.15, 0.2]
+    assert curve.sources == ["fab", "deepfool", "apgd"]
+    clean = int((trained_cnn(x).argmax(1) == y).sum()) / 100
+    assert curve.accuracy[0] == clean
+    assert all(b <= a for a, b in zip(curve.accuracy, curve.accuracy[1:], strict=False))
+    assert curve.accuracy[-1] < 0.1
+    # At a grid point the curve is the worst case over the minimum-norm attacks and APGD, so it is at
+    # most APGD's own accuracy at that eps (the same seed and batches).
+    apgd_alone = evaluate(trained_cnn, (x, y), [APGD(threat=ThreatModel(eps=0.1))]).robust.value
+    assert curve.accuracy_at(0.1) <= apgd_alone
+    assert all(lo <= a <= hi for a, lo, hi in zip(curve.accuracy, curve.ci_low, curve.ci_high, strict=True))
+    # Per-sample distances agree with the curve at every eps.
+    assert curve.accuracy_at(0.05) == curve.accuracy[1]
+    data = curve.to_dict()
+    assert data["schema"] == "advrobust.curve/1" and len(data["distances"]) == 100
+
+
+def test_l2_curve_uses_cw_too(trained_cnn: nn.Module, batch: Batch) -> None:
+    from advrobust.attacks import CW
+
+    x, y = batch
+    x, y = x[:24], y[:24]
+    cw = CW(
+        threat=ThreatModel(norm="l2", eps=3.0),
+        steps=100,
+        binary_search_steps=4,
+        initial_const=0.1,
+        step_size=0.1,
+    )
+    curve = robustness_curve(
+        trained_cnn, x, y, norm="l2", eps_max=3.0, points=4, attacks=[cw], fixed_eps_attack=None
+    )
+    assert curve.sources == ["cw"]
+    finite = [d for d in curve.distances if math.isfinite(d)]
+    assert len(finite) >= 20
+    assert curve.accuracy[-1] <= 0.2

@@ -1,0 +1,40 @@
+"""The named suites: recipes, and the standard suite at least as strong as its strongest member."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.attacks import PGD
+from advrobust.errors import ConfigError
+from advrobust.evaluation import evaluate
+from advrobust.evaluation.suites import build_suite
+from advrobust.threat import ThreatModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def test_standard_recipe_follows_autoattack() -> None:
+    linf = build_suite("standard", ThreatModel(eps=0.3))
+    assert [a.name for a in linf] == ["apgd", "apgd", "fab", "square"]
+    assert linf[0].params()["loss"] == "ce" and not linf[0].params()["targeted"]
+    assert linf[1].params()["loss"] == "dlr" and linf[1].params()["targeted"]
+    assert linf[1].params()["n_target_classes"] == 9
+    assert linf[2].params()["targeted"] and linf[3].params()["queries"] == 5000
+    assert [a.name for a in build_suite("standard", ThreatModel(norm="l1", eps=10.0))] == ["apgd", "apgd"]
+    assert [a.name for a in build_suite("quick", ThreatModel(eps=0.3))] == ["apgd"]
+    with pytest.raises(ConfigError):
+        build_suite("everything", ThreatModel())
+
+
+def test_standard_suite_beats_pgd(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    data = (x[:64], y[:64])
+    threat = ThreatModel(eps=0.1)
+    pgd = evaluate(trained_cnn, data, [PGD(threat=threat, steps=40)])
+    standard = evaluate(trained_cnn, data, "standard", threat=threat)
+    assert standard.robust.value <= pgd.robust.value
+    assert standard.robust.value < standard.clean.value
+    assert [a.name for a in standard.attacks] == ["apgd", "apgd", "fab", "square"]
+    assert all(a.violations == 0 for a in standard.attacks)
