@@ -131,3 +131,65 @@ def test_bad_yaml_names_the_field(tmp_path: Path) -> None:
     config.write_text("unknown_option: 1\n")
     done = run_cli("train", "--config", str(config))
     assert done.returncode == 2 and "unknown-option" in done.stderr
+
+
+def test_eval_quick_suite_with_curve(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "suite.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(run_dir),
+            "--n",
+            "40",
+            "--eps",
+            "0.1",
+            "--suite",
+            "quick",
+            "--curve",
+            "--curve-points",
+            "3",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["results"][0]["attacks"][0]["name"] == "apgd"
+    curve = data["meta"]["curve"]
+    assert curve["eps"] == [0.0, 0.05, 0.1]
+    assert curve["accuracy"][0] >= curve["accuracy"][-1]
+    done = run_cli("eval", "--model", str(run_dir), "--suite", "quick", "--steps", "5")
+    assert done.returncode == 2 and "suite's fixed recipe" in done.stderr
+
+
+def test_audit_command(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit.json"
+    code = main(
+        [
+            "audit",
+            "--model",
+            str(run_dir),
+            "--n",
+            "40",
+            "--eps",
+            "0.1",
+            "--steps",
+            "10",
+            "--square-queries",
+            "100",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert code == (1 if data["status"] == "fail" else 0)
+    assert data["status"] != "fail", data["checks"]
+    assert {c["name"] for c in data["checks"]} >= {
+        "gradients",
+        "budget",
+        "white-box-beats-black-box",
+        "convergence",
+    }

@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--step-size", type=float, help="step size (PGD default: 2.5 * eps / steps)")
     ev.add_argument("--restarts", type=int, help="random restarts (default: 1)")
     ev.add_argument(
-        "--loss", choices=["ce", "margin"], help="attack loss: cross-entropy or CW margin (default: ce)"
+        "--loss", choices=["ce", "margin", "dlr"], help="attack loss: cross-entropy, CW margin or DLR (default: ce)"
     )
     ev.add_argument("--batch-size", type=int, help="batch size (default: 256)")
     ev.add_argument(

@@ -72,7 +72,7 @@ class EvalSettings(DataSettings):
     steps: int | None = Field(None, ge=1)
     step_size: float | None = Field(None, gt=0)
     restarts: int | None = Field(None, ge=1)
-    loss: Literal["ce", "margin"] | None = None
+    loss: Literal["ce", "margin", "dlr"] | None = None
     batch_size: int = Field(256, ge=1)
     cascade: bool = True
     seed: int = 0
