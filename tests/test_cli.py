@@ -193,3 +193,32 @@ def test_audit_command(run_dir: Path, tmp_path: Path) -> None:
         "white-box-beats-black-box",
         "convergence",
     }
+
+
+def test_eval_state_file_resumes(run_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    args = [
+        "eval",
+        "--model",
+        str(run_dir),
+        "--n",
+        "60",
+        "--batch-size",
+        "20",
+        "--eps",
+        "0.1",
+        "--attack",
+        "pgd",
+        "--steps",
+        "3",
+        "--state",
+        str(state),
+        "--quiet",
+    ]
+    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
+    assert len(json.loads(state.read_text())["batches"]) == 3
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0  # everything already done: resumes all
+    [first] = load_results(tmp_path / "a.json")
+    [second] = load_results(tmp_path / "b.json")
+    assert second.meta["resumed_batches"] == 3
+    assert second.robust_correct == first.robust_correct

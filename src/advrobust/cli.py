@@ -168,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--step-size", type=float, help="step size (PGD default: 2.5 * eps / steps)")
     ev.add_argument("--restarts", type=int, help="random restarts (default: 1)")
     ev.add_argument(
-        "--loss", choices=["ce", "margin", "dlr"], help="attack loss: cross-entropy, CW margin or DLR (default: ce)"
+        "--loss",
+        choices=["ce", "margin", "dlr"],
+        help="attack loss: cross-entropy, CW margin or DLR (default: ce)",
     )
     ev.add_argument("--batch-size", type=int, help="batch size (default: 256)")
     ev.add_argument(
@@ -179,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, help="random seed (default: 0)")
     ev.add_argument("--json", metavar="PATH", help="write results as JSON to PATH")
+    ev.add_argument(
+        "--state",
+        metavar="PATH",
+        help="save finished batches to PATH as they complete; rerunning the same command resumes after them",
+    )
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     au = sub.add_parser(

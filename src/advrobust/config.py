@@ -77,6 +77,7 @@ class EvalSettings(DataSettings):
     cascade: bool = True
     seed: int = 0
     json_path: str | None = Field(None, alias="json")
+    state: str | None = None
     device: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

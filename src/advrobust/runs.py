@@ -273,6 +273,14 @@ def _tensors(data: ImageDataset, device: torch.device) -> tuple[torch.Tensor, to
     return data.images.to(device).float().div_(255), data.labels.to(device)
 
 
+def _state_path(state: str | None, eps: float, count: int) -> Path | None:
+    """One resumable state file per eps: the given name itself when there is only one eps."""
+    if state is None:
+        return None
+    path = Path(state)
+    return path if count == 1 else path.with_name(f"{path.stem}-eps{eps:g}{path.suffix}")
+
+
 def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None) -> EvalOutcome:
     """Evaluate a saved model at every eps in ``settings`` (and its curve); write ``settings.json_path``."""
     device = _device(settings.device)
@@ -292,6 +300,7 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
                 cascade=settings.cascade,
                 progress=progress,
                 meta=meta,
+                state_path=_state_path(settings.state, eps, len(settings.eps)),
             )
         )
     curve = None
