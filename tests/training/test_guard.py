@@ -25,13 +25,13 @@ from .conftest import THREAT, Trained
 
 
 class StepWeights(Callback):
-    """Keeps a copy of the weights after every step, keyed by (epoch, step)."""
+    """Keeps a copy of the weights (raw and EMA) after every step, keyed by (epoch, step)."""
 
     def __init__(self) -> None:
-        self.weights: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.weights: dict[tuple[int, int], dict[str, dict[str, torch.Tensor]]] = {}
 
     def on_step_end(self, ctx: TrainContext, *, epoch: int, step: int) -> None:
-        self.weights[(epoch, step)] = ctx.snapshot()["model"]
+        self.weights[(epoch, step)] = ctx.snapshot()
 
 
 def test_guard_restores_the_last_good_weights_when_robustness_collapses(
@@ -43,7 +43,9 @@ def test_guard_restores_the_last_good_weights_when_robustness_collapses(
     objective = FastAT(
         threat=THREAT, random_start=False, step_size=2 * THREAT.eps, guard_every=5, guard_samples=256
     )
-    config = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.5, schedule="cyclic", robust_val=0)
+    config = TrainConfig(
+        epochs=3, batch_size=32, optimizer="sgd", lr=0.5, schedule="cyclic", robust_val=0, ema_decay=0.9
+    )
     recorder = StepWeights()
     with caplog.at_level(logging.WARNING, logger="advrobust.training"):
         result = train(
@@ -58,17 +60,20 @@ def test_guard_restores_the_last_good_weights_when_robustness_collapses(
     stopped = result.stopped
     assert stopped is not None and "catastrophic overfitting" in stopped["reason"]
     good = (stopped["restored_epoch"], stopped["restored_step"])
-    assert good < (stopped["epoch"], stopped["step"]) and good[1] % 5 == 0
+    assert good < (stopped["epoch"], stopped["step"]) and ((good[0] - 1) * 32 + good[1]) % 5 == 0
     assert (stopped["epoch"], stopped["step"]) not in recorder.weights  # the run ended at the failed check
+    # Both the raw weights and their EMA went back to the last good check; the EMA is delivered.
+    assert result.weights == "ema"
     for key, value in model.state_dict().items():
-        assert torch.equal(value, recorder.weights[good][key]), key
+        assert torch.equal(value, recorder.weights[good]["ema"][key]), key
     assert result.history[-1]["stopped"] == 1.0 and len(result.history) == stopped["epoch"] < 3
     assert any("catastrophic overfitting" in r.getMessage() for r in caplog.records)
     # The checkpoint holds the restored weights and the verdict, so resuming does not train on.
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["stopped"] == stopped
     for key, value in state["model"].items():
-        assert torch.equal(value, recorder.weights[good][key]), key
+        assert torch.equal(value, recorder.weights[good]["model"][key]), key
+        assert torch.equal(state["ema"]["module"][key], recorder.weights[good]["ema"][key]), key
     again = train(
         copy.deepcopy(model),
         at_data.take(1000),

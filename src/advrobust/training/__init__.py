@@ -21,8 +21,8 @@ from advrobust.training.objectives import (
 )
 from advrobust.training.pgd_at import PGDAT
 from advrobust.training.trades import TRADES
-from advrobust.training.trainer import CHECKPOINT_NAME, StepInfo, TrainConfig, TrainResult, accuracy, train
-from advrobust.training.validation import robust_accuracy
+from advrobust.training.trainer import CHECKPOINT_NAME, StepInfo, TrainConfig, TrainResult, train
+from advrobust.training.validation import accuracy, robust_accuracy
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -36,13 +36,10 @@ from advrobust.training.objectives import (
     objective_replays,
     objective_threat,
 )
-from advrobust.training.validation import robust_accuracy
+from advrobust.training.validation import accuracy, holdout_split, robust_accuracy
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PROGRESS_EVERY = 10
-#: Held-out samples for robust validation when ``robust_val`` is None (at most a tenth of the data).
-DEFAULT_ROBUST_VAL = 500
-
 logger = logging.getLogger("advrobust.training")
 
 
@@ -174,43 +171,6 @@ def _scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-@torch.no_grad()
-def accuracy(
-    model: nn.Module, data: ImageDataset, *, batch_size: int = 512, device: torch.device | None = None
-) -> float:
-    """Clean accuracy of ``model`` on ``data`` (eval mode, restored afterwards)."""
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    with eval_mode(model):
-        for x, y in BatchLoader(data, batch_size=batch_size, device=device):
-            correct += (model(x).argmax(dim=1) == y).sum()
-    return int(correct) / max(1, len(data))
-
-
-def _holdout(
-    data: ImageDataset, config: TrainConfig, threat: ThreatModel | None
-) -> tuple[ImageDataset, ImageDataset | None]:
-    """(training data, held-out robust-validation data): a seeded random choice of samples."""
-    if threat is None:
-        if config.robust_val:
-            raise ConfigError(
-                "robust_val needs an adversarial objective (one with a threat model): "
-                "drop robust_val or choose e.g. pgd-at"
-            )
-        return data, None
-    n = min(DEFAULT_ROBUST_VAL, len(data) // 10) if config.robust_val is None else config.robust_val
-    if n == 0:
-        return data, None
-    if n > len(data) // 2:
-        raise ConfigError(
-            f"robust_val={n} would hold out more than half of the {len(data)} training samples: "
-            "pass a smaller robust_val, or 0 to turn robust validation off"
-        )
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))
-    keep, held = order[:-n].sort().values, order[-n:].sort().values
-    return data.subset(keep), data.subset(held)
-
-
 @contextlib.contextmanager
 def _autocast(enabled: bool) -> Iterator[None]:
     if not enabled:
@@ -248,101 +208,147 @@ def train(
         if device is not None
         else next((p.device for p in model.parameters()), torch.device("cpu"))
     )
-    cuda = device.type == "cuda"
-    channels_last = cuda and config.channels_last
-    amp = cuda and config.amp and torch.cuda.is_bf16_supported()
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    threat = objective_threat(objective)
-    train_data, holdout = _holdout(data, config, threat)
-    shuffle_gen = torch.Generator().manual_seed(config.seed)
-    attack_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    loader = BatchLoader(
-        train_data,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=shuffle_gen,
-        device=device,
-        drop_last=False,
-    )
-    steps = len(loader)
-    replays = objective_replays(objective)
-    optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config, steps * replays)
-    ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
-    hooks = [*objective_callbacks(objective), *callbacks]
-    ctx = TrainContext(model=model, data=train_data, device=device, seed=config.seed, steps=steps, ema=ema)
-    for hook in hooks:
-        hook.on_train_start(ctx)
-    stateful = objective if isinstance(objective, StatefulObjective) else None
-    if stateful is not None:
-        stateful.load_state_dict({})  # a fresh start, whatever an earlier run left in the objective
-    result = TrainResult(holdout_samples=len(holdout) if holdout is not None else 0)
-    best: dict[str, Any] | None = None
-    start_epoch = 0
+    run = _Run.start(model, data, objective, config, device, [*objective_callbacks(objective), *callbacks])
     record = {
         "train": dataclasses.asdict(config),
         "objective": {"name": objective.name, **objective.params()},
     }
-
     checkpoint_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    start_epoch = 0
     if resume:
         if checkpoint_path is None:
             raise ConfigError("resume needs the run directory (out_dir) that holds checkpoint.pt")
-        state = load_checkpoint(checkpoint_path)
-        saved = dict(state["config"])
-        mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
-        if mismatched:
-            raise ConfigError(
-                f"the checkpoint in {out_dir} was made with other settings ({', '.join(mismatched)}): "
-                "resume with the same options, or start a new run in another directory"
-            )
-        if len(state["callbacks"]) != len(hooks):
-            raise ConfigError(
-                f"the checkpoint in {out_dir} holds the state of {len(state['callbacks'])} callback(s) but this "
-                f"run has {len(hooks)}: resume with the same callbacks"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        shuffle_gen.set_state(state["rng"]["shuffle"])
-        attack_gen.set_state(state["rng"]["attack"].to(attack_gen.get_state().device))
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if stateful is not None:
-            stateful.load_state_dict(state["objective_state"])
-        for hook, hook_state in zip(hooks, state["callbacks"], strict=True):
-            hook.load_state_dict(hook_state)
-        best = state["best"]
-        result.stopped = state["stopped"]
-        result.history = [dict(h) for h in state["history"]]
-        start_epoch = int(state["epoch"])
-        result.resumed_from = start_epoch
-        result.seconds = float(state.get("seconds", 0.0))
-
-    for epoch in range(start_epoch, config.epochs):
-        if result.stopped is not None:
+        state = _matching_checkpoint(checkpoint_path, record, len(run.hooks))
+        run.load_state_dict(state)
+        start_epoch = run.result.resumed_from = int(state["epoch"])
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        if run.result.stopped is not None:
             break
+        entry = run.train_epoch(epoch, progress)
+        run.end_epoch(epoch, entry, val_data)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {"epoch": epoch, **run.state_dict(), "config": record})
+    run.deliver()
+    model.eval()
+    return run.result
+
+
+def _matching_checkpoint(path: Path, record: dict[str, Any], hooks: int) -> dict[str, Any]:
+    """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks."""
+    state = load_checkpoint(path)
+    saved = dict(state["config"])
+    mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
+    if mismatched:
+        raise ConfigError(
+            f"the checkpoint in {path.parent} was made with other settings ({', '.join(mismatched)}): "
+            "resume with the same options, or start a new run in another directory"
+        )
+    if len(state["callbacks"]) != hooks:
+        raise ConfigError(
+            f"the checkpoint in {path.parent} holds the state of {len(state['callbacks'])} callback(s) but this "
+            f"run has {hooks}: resume with the same callbacks"
+        )
+    return state
+
+
+@dataclass
+class _Run:
+    """One run's moving parts and mutable state; ``state_dict`` is what a checkpoint holds."""
+
+    model: nn.Module
+    objective: Objective
+    config: TrainConfig
+    device: torch.device
+    loader: BatchLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle_gen: torch.Generator
+    attack_gen: torch.Generator
+    ctx: TrainContext
+    hooks: list[Callback]
+    threat: ThreatModel | None
+    holdout: ImageDataset | None
+    result: TrainResult
+    best: dict[str, Any] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        data: ImageDataset,
+        objective: Objective,
+        config: TrainConfig,
+        device: torch.device,
+        hooks: list[Callback],
+    ) -> _Run:
+        model.to(device)
+        if device.type == "cuda" and config.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        threat = objective_threat(objective)
+        train_data, holdout = holdout_split(data, config.robust_val, threat, seed=config.seed)
+        shuffle_gen = torch.Generator().manual_seed(config.seed)
+        loader = BatchLoader(
+            train_data, batch_size=config.batch_size, shuffle=True, generator=shuffle_gen, device=device
+        )
+        optimizer = _optimizer(model, config)
+        ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
+        ctx = TrainContext(
+            model=model, data=train_data, device=device, seed=config.seed, steps=len(loader), ema=ema
+        )
+        run = cls(
+            model=model,
+            objective=objective,
+            config=config,
+            device=device,
+            loader=loader,
+            optimizer=optimizer,
+            scheduler=_scheduler(optimizer, config, len(loader) * objective_replays(objective)),
+            shuffle_gen=shuffle_gen,
+            attack_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+            ctx=ctx,
+            hooks=hooks,
+            threat=threat,
+            holdout=holdout,
+            result=TrainResult(holdout_samples=len(holdout) if holdout is not None else 0),
+        )
+        for hook in hooks:
+            hook.on_train_start(ctx)
+        if run.stateful is not None:
+            run.stateful.load_state_dict({})  # a fresh start, whatever an earlier run left in the objective
+        return run
+
+    @property
+    def stateful(self) -> StatefulObjective | None:
+        return self.objective if isinstance(self.objective, StatefulObjective) else None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def amp(self) -> bool:
+        return self.cuda and self.config.amp and torch.cuda.is_bf16_supported()
+
+    def train_epoch(self, epoch: int, progress: Callable[[StepInfo], None] | None) -> dict[str, float]:
+        """One pass over the data (each batch ``replays`` times); sets ``result.stopped`` on a callback's Stop."""
+        model, device, ema, amp = self.model, self.device, self.ctx.ema, self.amp
+        replays, steps = objective_replays(self.objective), len(self.loader)
+        channels_last = self.cuda and self.config.channels_last
         model.train()
         tick = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         clean_correct = torch.zeros((), dtype=torch.long, device=device)
         evaluated = images = clean_seen = 0
-        stop: Stop | None = None
-        for step, (x_batch, y) in enumerate(loader):
+        for step, (x_batch, y) in enumerate(self.loader, start=1):
             x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
             for _ in range(replays):
                 with _autocast(amp):
-                    loss, logits = objective.loss(model, x, y, generator=attack_gen)
-                optimizer.zero_grad(set_to_none=True)
+                    loss, logits = self.objective.loss(model, x, y, generator=self.attack_gen)
+                self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                scheduler.step()
+                self.optimizer.step()
+                self.scheduler.step()
                 if ema is not None:
                     ema.update(model)
                 loss_sum += loss.detach() * x.shape[0]
@@ -350,107 +356,134 @@ def train(
                 evaluated += x.shape[0]
             images += x.shape[0]
             # Reporting forces a device sync, so it happens every few steps, not every step.
-            report = step % PROGRESS_EVERY == 0 or step + 1 == steps
-            if threat is not None and report:
+            report = (step - 1) % PROGRESS_EVERY == 0 or step == steps
+            if self.threat is not None and report:
                 clean_correct += _clean_correct(model, x, y, amp)
                 clean_seen += x.shape[0]
-            for hook in hooks:
-                stop = hook.on_step_end(ctx, epoch=epoch + 1, step=step + 1)
-                if stop is not None:
-                    break
+            stop = _first(hook.on_step_end(self.ctx, epoch=epoch, step=step) for hook in self.hooks)
             if progress is not None and report:
-                elapsed = max(time.perf_counter() - tick, 1e-9)
                 train_acc = int(correct) / evaluated
                 progress(
                     StepInfo(
-                        epoch + 1,
-                        config.epochs,
-                        step + 1,
+                        epoch,
+                        self.config.epochs,
+                        step,
                         steps,
                         float(loss.detach()),
                         train_acc,
-                        images / elapsed,
+                        images / max(time.perf_counter() - tick, 1e-9),
                         clean_accuracy=int(clean_correct) / clean_seen if clean_seen else None,
-                        robust_accuracy=train_acc if threat is not None else None,
+                        robust_accuracy=train_acc if self.threat is not None else None,
                     )
                 )
             if stop is not None:
-                result.stopped = _stopped(stop, epoch + 1, step + 1)
+                self.result.stopped = _stopped(stop, epoch, step)
                 break
         seconds = time.perf_counter() - tick
+        self.result.seconds += seconds
         entry: dict[str, float] = {
-            "epoch": float(epoch + 1),
+            "epoch": float(epoch),
             "loss": float(loss_sum) / max(1, evaluated),
             "train_accuracy": int(correct) / max(1, evaluated),
-            "lr": float(optimizer.param_groups[0]["lr"]),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
             "seconds": seconds,
             "samples_per_second": images / max(seconds, 1e-9),
         }
-        if threat is not None:
+        if self.threat is not None:
             entry["train_robust_accuracy"] = entry["train_accuracy"]
             entry["train_clean_accuracy"] = int(clean_correct) / max(1, clean_seen)
-        if result.stopped is None:
-            for hook in hooks:
-                stop = hook.on_epoch_end(ctx, epoch=epoch + 1)
-                if stop is not None:
-                    result.stopped = _stopped(stop, epoch + 1, 0)
-                    break
-        for hook in hooks:
+        return entry
+
+    def end_epoch(self, epoch: int, entry: dict[str, float], val_data: ImageDataset | None) -> None:
+        """Epoch-end callbacks, then validation of the weights that would be delivered; record the epoch."""
+        if self.result.stopped is None:
+            stop = _first(hook.on_epoch_end(self.ctx, epoch=epoch) for hook in self.hooks)
+            if stop is not None:
+                self.result.stopped = _stopped(stop, epoch, 0)
+        for hook in self.hooks:
             entry.update(hook.metrics())
-        if result.stopped is None:
-            # Validation measures the weights that would be delivered: the EMA when there is one.
+        if self.result.stopped is not None:
+            entry["stopped"] = 1.0
+            logger.warning("training stopped: %s", self.result.stopped["reason"])
+        else:
             tock = time.perf_counter()
-            final = ema.module if ema is not None else model
+            final = self.ctx.ema.module if self.ctx.ema is not None else self.model
             if val_data is not None:
-                entry["val_accuracy"] = accuracy(final, val_data, device=device)
-            if holdout is not None and threat is not None:
+                entry["val_accuracy"] = accuracy(final, val_data, device=self.device)
+            if self.holdout is not None and self.threat is not None:
                 clean, robust = robust_accuracy(
-                    final, holdout, threat, steps=config.robust_val_steps, seed=config.seed + 2, device=device
+                    final,
+                    self.holdout,
+                    self.threat,
+                    steps=self.config.robust_val_steps,
+                    seed=self.config.seed + 2,
+                    device=self.device,
                 )
                 entry["holdout_accuracy"], entry["holdout_robust_accuracy"] = clean, robust
+                best = self.best
                 if best is None or (robust, clean) > (
                     best["holdout_robust_accuracy"],
                     best["holdout_accuracy"],
                 ):
-                    best = {
-                        "epoch": epoch + 1,
+                    self.best = {
+                        "epoch": epoch,
                         "holdout_robust_accuracy": robust,
                         "holdout_accuracy": clean,
                         "model": {k: v.detach().clone() for k, v in final.state_dict().items()},
                     }
             entry["val_seconds"] = time.perf_counter() - tock
-        else:
-            entry["stopped"] = 1.0
-            logger.warning("training stopped: %s", result.stopped["reason"])
-        result.history.append(entry)
-        result.seconds += seconds
-        if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": {
-                        "shuffle": shuffle_gen.get_state(),
-                        "attack": attack_gen.get_state().cpu(),
-                        "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if cuda else None,
-                    },
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "objective_state": stateful.state_dict() if stateful is not None else {},
-                    "callbacks": [hook.state_dict() for hook in hooks],
-                    "best": best,
-                    "stopped": result.stopped,
-                    "history": result.history,
-                    "config": record,
-                    "seconds": result.seconds,
-                },
-            )
-    _deliver(model, ema, best, config, result)
-    model.eval()
-    return result
+        self.result.history.append(entry)
+
+    def state_dict(self) -> dict[str, Any]:
+        ema, stateful = self.ctx.ema, self.stateful
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "shuffle": self.shuffle_gen.get_state(),
+                "attack": self.attack_gen.get_state().cpu(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None,
+            },
+            "ema": ema.state_dict() if ema is not None else None,
+            "objective_state": stateful.state_dict() if stateful is not None else {},
+            "callbacks": [hook.state_dict() for hook in self.hooks],
+            "best": self.best,
+            "stopped": self.result.stopped,
+            "history": self.result.history,
+            "seconds": self.result.seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        self.shuffle_gen.set_state(rng["shuffle"])
+        self.attack_gen.set_state(rng["attack"].to(self.attack_gen.get_state().device))
+        torch.set_rng_state(rng["torch"])
+        if self.cuda and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.ctx.ema is not None:
+            self.ctx.ema.load_state_dict(state["ema"])
+        if self.stateful is not None:
+            self.stateful.load_state_dict(state["objective_state"])
+        for hook, hook_state in zip(self.hooks, state["callbacks"], strict=True):
+            hook.load_state_dict(hook_state)
+        self.best = state["best"]
+        self.result.stopped = state["stopped"]
+        self.result.history = [dict(h) for h in state["history"]]
+        self.result.seconds = float(state.get("seconds", 0.0))
+
+    def deliver(self) -> None:
+        """Leave in the model the weights to deliver: the most robust epoch's, else the EMA's, else the last."""
+        if self.config.select == "best" and self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+            self.result.weights, self.result.best_epoch = "best", int(self.best["epoch"])
+        elif self.ctx.ema is not None:
+            self.model.load_state_dict(self.ctx.ema.module.state_dict())
+            self.result.weights = "ema"
 
 
 @torch.no_grad()
@@ -458,6 +491,11 @@ def _clean_correct(model: nn.Module, x: Tensor, y: Tensor, amp: bool) -> Tensor:
     with eval_mode(model), _autocast(amp):
         hits: Tensor = (model(x).argmax(dim=1) == y).sum()
     return hits
+
+
+def _first(stops: Iterator[Stop | None]) -> Stop | None:
+    """The first Stop a callback returns; the callbacks after it are not called."""
+    return next((stop for stop in stops if stop is not None), None)
 
 
 def _stopped(stop: Stop, epoch: int, step: int) -> dict[str, Any]:
@@ -468,18 +506,6 @@ def _stopped(stop: Stop, epoch: int, step: int) -> dict[str, Any]:
         "restored_epoch": stop.restored_epoch,
         "restored_step": stop.restored_step,
     }
-
-
-def _deliver(
-    model: nn.Module, ema: EMA | None, best: dict[str, Any] | None, config: TrainConfig, result: TrainResult
-) -> None:
-    """Leave in ``model`` the weights to deliver: the most robust epoch's, else the EMA's, else the last."""
-    if config.select == "best" and best is not None:
-        model.load_state_dict(best["model"])
-        result.weights, result.best_epoch = "best", int(best["epoch"])
-    elif ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-        result.weights = "ema"
 
 
 def _without_epochs(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Robust validation: clean and PGD accuracy of a model on held-out samples, with a fixed seed."""
+"""Validation during training: clean accuracy, and clean and PGD accuracy on samples held out of the training data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,52 @@ from torch import Tensor, nn
 from advrobust.attacks import PGD
 from advrobust.contract import eval_mode
 from advrobust.data import BatchLoader, ImageDataset
+from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
+
+#: Held-out samples for robust validation when ``robust_val`` is None (at most a tenth of the data).
+DEFAULT_ROBUST_VAL = 500
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, data: ImageDataset, *, batch_size: int = 512, device: torch.device | None = None
+) -> float:
+    """Clean accuracy of ``model`` on ``data`` (eval mode, restored afterwards)."""
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with eval_mode(model):
+        for x, y in BatchLoader(data, batch_size=batch_size, device=device):
+            correct += (model(x).argmax(dim=1) == y).sum()
+    return int(correct) / max(1, len(data))
+
+
+def holdout_split(
+    data: ImageDataset, robust_val: int | None, threat: ThreatModel | None, *, seed: int
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """(training data, ``robust_val`` held-out samples or None): a seeded random choice, each part in data order.
+
+    ``robust_val=None`` holds out 500 samples (at most a tenth of the data) for adversarial objectives, none
+    for clean ones (``threat`` None).
+    """
+    if threat is None:
+        if robust_val:
+            raise ConfigError(
+                "robust_val needs an adversarial objective (one with a threat model): "
+                "drop robust_val or choose e.g. pgd-at"
+            )
+        return data, None
+    n = min(DEFAULT_ROBUST_VAL, len(data) // 10) if robust_val is None else robust_val
+    if n == 0:
+        return data, None
+    if n > len(data) // 2:
+        raise ConfigError(
+            f"robust_val={n} would hold out more than half of the {len(data)} training samples: "
+            "pass a smaller robust_val, or 0 to turn robust validation off"
+        )
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    keep, held = order[:-n].sort().values, order[-n:].sort().values
+    return data.subset(keep), data.subset(held)
 
 
 def robust_accuracy(
