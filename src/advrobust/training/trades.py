@@ -27,9 +27,10 @@ from advrobust.training.objectives import register_objective
 class TRADES(AdversarialObjective):
     """TRADES (Zhang et al., 2019, arXiv:1901.08573): CE(f(x), y) + beta * KL(f(x) || f(x')).
 
-    x' maximises the KL by ``steps`` signed-gradient steps from x + 0.001 * N(0, 1). Defaults: beta 6
-    (the paper's 1/lambda for its best trade-off), 10 steps of eps / 4 (its CIFAR-10 schedule, which also
-    trains MNIST well; its MNIST script uses 40 steps of 0.01 at eps 0.3 -- pass those to reproduce it).
+    x' maximises the KL by ``steps`` signed-gradient steps from x + 0.001 * N(0, 1), in the model mode
+    ``attack_mode`` (the reference code uses eval). Defaults: beta 6 (1/lambda of the paper's MNIST and
+    CIFAR-10 results), 10 steps of eps / 4 (its CIFAR-10 schedule, which trains MNIST well in fewer steps;
+    the reference MNIST script uses 40 steps of 0.01 at eps 0.3 with beta 1 -- pass those to reproduce it).
     As in the reference code, the KL's clean target is not detached.
     Shape: x (N, C, H, W) in threat.bounds, y (N,) -> (loss, adversarial logits (N, K)).
     """
