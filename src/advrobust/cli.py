@@ -19,13 +19,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from advrobust import __version__
+from advrobust import __version__, distributed
 from advrobust.errors import AdvrobustError
 
 EPILOG_TRAIN = """examples:
   advrobust train --data mnist-mini --model small-cnn --epochs 5 --out runs/mnist-std
-  advrobust train --data mnist --model small-cnn --defense fast-at --norm linf --eps 0.3 --epochs 10 \
-      --lr 5e-3 --schedule cyclic --out runs/mnist-fast      # Wong et al. 2020's MNIST recipe
+  # Fast-AT with the MNIST recipe of Wong et al. 2020 (cyclic learning rate up to 5e-3):
+  advrobust train --data mnist --model small-cnn --defense fast-at --norm linf --eps 0.3 --epochs 10 --lr 5e-3 --schedule cyclic
   advrobust train --defense trades --eps 0.3 --beta 6 --steps 10 --robust-val 500 --ema-decay 0.999
   advrobust train --config train.yaml --epochs 10      # flags override the YAML file
 """
@@ -150,7 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     _data_options(ev)
     ev.add_argument("--model", help="run directory written by `advrobust train` (required)")
     ev.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
-    ev.add_argument("--n", type=int, help="evaluate the first N samples only")
+    ev.add_argument(
+        "--n",
+        "--samples",
+        dest="n",
+        type=int,
+        help="evaluate the first N samples only (--samples under torchrun)",
+    )
     ev.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
     ev.add_argument("--eps", type=float, nargs="+", help="one or more budgets (default: 0.3)")
     ev.add_argument("--attack", nargs="+", help="attacks to run, e.g. fgsm pgd (default: pgd)")
@@ -198,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_options(au)
     au.add_argument("--model", help="run directory written by `advrobust train` (required)")
     au.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
-    au.add_argument("--n", type=int, help="samples to audit (default: 200)")
+    au.add_argument("--n", "--samples", dest="n", type=int, help="samples to audit (default: 200)")
     au.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
     au.add_argument("--eps", type=float, help="budget (default: 0.3)")
     au.add_argument("--steps", type=int, help="PGD steps of the base attack (default: 40)")
@@ -422,6 +428,8 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     settings = build_settings(EvalSettings, config, _overrides(args, ("command", "config", "quiet")))
     with _progress(console, args.quiet, "attack") as bar:
         outcome = eval_run(settings, progress=bar)
+    if not distributed.info().is_main:
+        return 0  # rank 0 prints and writes for the whole group
     results = outcome.results
     first = results[0]
     table = Table(
