@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrobust import distributed
 from advrobust.attacks import Attack, attack_class, create_attack
 from advrobust.config import (
     AuditSettings,
@@ -262,6 +263,7 @@ def load_model_and_data(
             f"the model has {card.num_classes} classes but {data.name} has {data.num_classes}: use matching data"
         )
     meta = {
+        "processes": distributed.info().world_size,
         "model": {"path": str(settings.model), "arch": card.arch, "weights_sha256": card.weights_sha256},
         "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
         "environment": environment(),
@@ -282,8 +284,12 @@ def _state_path(state: str | None, eps: float, count: int) -> Path | None:
 
 
 def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None) -> EvalOutcome:
-    """Evaluate a saved model at every eps in ``settings`` (and its curve); write ``settings.json_path``."""
-    device = _device(settings.device)
+    """Evaluate a saved model at every eps in ``settings`` (and its curve); write ``settings.json_path``.
+
+    Under torchrun the samples are sharded across the processes and gathered; only rank 0 writes.
+    """
+    device = distributed.local_device(_device(settings.device))
+    group = distributed.init_from_env(device)
     model, data, meta = load_model_and_data(settings)
     results = []
     for eps in settings.eps:
@@ -316,7 +322,7 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
             batch_size=settings.batch_size,
             seed=settings.seed,
         )
-    if settings.json_path is not None:
+    if settings.json_path is not None and group.is_main:
         extra = {"curve": curve.to_dict()} if curve is not None else {}
         save_run(settings.json_path, results, meta={**meta, **extra})
     return EvalOutcome(results, curve, meta)
@@ -417,6 +423,7 @@ def certify_run(
         progress=progress,
     )
     meta = {
+        "processes": distributed.info().world_size,
         "model": {"path": str(settings.model), "arch": card.arch, "weights_sha256": card.weights_sha256},
         "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
         "seed": settings.seed,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advrobust import distributed
 from advrobust.attacks.base import Attack
 from advrobust.contract import check_inputs, check_labels, check_outputs, eval_mode
 from advrobust.errors import ConfigError, DataError, InputError
@@ -62,6 +63,7 @@ def batch_seed(seed: int, batch: int, attack: int) -> int:
 class _BatchRecord:
     """What one batch contributed; JSON-able so that an interrupted evaluation can resume."""
 
+    index: int
     clean: list[bool]
     robust: list[bool]
     broken: list[int]
@@ -108,6 +110,7 @@ def _run_batch(
         broken[newly] = i
         robust_ok[idx[~ok]] = False
     return _BatchRecord(
+        index=index,
         clean=clean_ok.cpu().tolist(),
         robust=robust_ok.cpu().tolist(),
         broken=broken.cpu().tolist(),
@@ -196,17 +199,22 @@ def evaluate(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     batches, total = _batches(data, batch_size, device)
+    group = distributed.info()
     state_file = Path(state_path) if state_path is not None else None
+    if state_file is not None and group.enabled:
+        state_file = state_file.with_name(f"{state_file.name}.rank{group.rank}-of-{group.world_size}")
     fingerprint = _fingerprint(attacks, threat, seed, cascade, batch_size)
     records = _load_state(state_file, fingerprint) if state_file is not None else []
-    resumed = len(records)
+    finished = {r.index for r in records}
 
     done = sum(len(r.clean) for r in records)
     start = _time()
     num_classes: int | None = None
     with eval_mode(model):
         for index, (x, y) in enumerate(batches):
-            if index < resumed:
+            # Under torchrun each rank takes every world_size-th batch; batches are seeded independently,
+            # so the gathered result equals the single-process one.
+            if index % group.world_size != group.rank or index in finished:
                 continue
             x, y = x.to(device), y.to(device)
             check_inputs(x, threat.bounds)
@@ -229,6 +237,11 @@ def evaluate(
             done += x.shape[0]
             if progress is not None:
                 progress(done, total)
+    resumed = len(finished)
+    if group.enabled:
+        records = [r for part in distributed.gather_objects(records) for r in part]
+        resumed = sum(distributed.gather_objects(resumed))
+    records.sort(key=lambda r: r.index)
     seconds = _time() - start
     if not records:
         raise InputError("the data yielded no samples: pass a non-empty data set")
