@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from advrobust.cli import main
 from advrobust.distributed import gather_objects, info
@@ -73,3 +74,67 @@ def test_two_process_sharded_eval_matches_single_process(tiny_run: Path, tmp_pat
     assert r2["per_sample"] == r1["per_sample"]
     assert r2["robust"] == r1["robust"] and r2["clean"] == r1["clean"]
     assert [a["attacked"] for a in r2["attacks"]] == [a["attacked"] for a in r1["attacks"]]
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "advrobust",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+def test_two_process_ddp_training_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    # 2 processes x batch 32 see the same global batches as 1 process x batch 64 (DistributedSampler order),
+    # and DDP averages the gradients: the weights agree up to float summation order.
+    from advrobust.models import load_model, read_card
+
+    data = tmp_path / "d.npz"
+    import numpy as np
+
+    from advrobust.data import load_dataset
+
+    mini = load_dataset("mnist-mini", split="train").take(512)
+    np.savez(data, x=mini.images.numpy(), y=mini.labels.numpy())
+    common = ["train", "--data", str(data), "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05", "--quiet"]
+    assert main([*common, "--batch-size", "64", "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun(*common, "--batch-size", "32", "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_model(tmp_path / "one"), load_model(tmp_path / "two")
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    assert read_card(tmp_path / "two").training["samples"] == 512
+
+
+def test_two_process_adversarial_training_runs(tmp_path: Path) -> None:
+    done = _torchrun(
+        "train",
+        "--defense",
+        "fast-at",
+        "--eps",
+        "0.1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--robust-val",
+        "100",
+        "--out",
+        str(tmp_path / "fast"),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "fast" / "model.safetensors").exists()

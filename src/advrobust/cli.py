@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -309,7 +310,9 @@ def _progress(console: Console, quiet: bool, description: str) -> Iterator[Calla
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
+    # Under torchrun only rank 0 draws progress.
+    hidden = quiet or os.environ.get("RANK", "0") != "0"
+    with Progress(*columns, console=console, transient=True, disable=hidden) as bar:
         task = bar.add_task(description, total=None, info="")
 
         def update(done: int, total: int, info: str = "") -> None:
@@ -389,6 +392,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     settings = build_settings(TrainSettings, config, _overrides(args, ("command", "config", "quiet")))
     with _progress(console, args.quiet, "train") as bar:
         outcome = train_run(settings, progress=_train_progress(bar))
+    if not distributed.info().is_main:
+        return 0  # rank 0 prints for the whole group
     result = outcome.result
     table = Table(title=f"{settings.model} on {outcome.card.dataset} ({settings.defense})")
     # Adversarial defenses: train acc is on the training attack's points, holdout robust under PGD.

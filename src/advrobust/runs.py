@@ -125,9 +125,11 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
     """Train ``settings.model`` on ``settings.data`` with ``settings.defense``; save a run directory.
 
     The run directory ``settings.out`` gets ``model.safetensors`` and ``card.json`` (the model), plus
-    ``checkpoint.pt`` (to resume) and ``history.json`` (per-epoch metrics).
+    ``checkpoint.pt`` (to resume) and ``history.json`` (per-epoch metrics). Under torchrun the processes
+    train one model with DistributedDataParallel (each takes its shard of every epoch) and rank 0 writes.
     """
-    device = _device(settings.device)
+    device = distributed.local_device(_device(settings.device))
+    group = distributed.init_from_env(device)
     data = load_data(settings, "train")
     try:
         val: ImageDataset | None = load_data(settings, "test")
@@ -192,8 +194,13 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         },
         metrics=metrics,
     )
-    save_model(model, out, card)
-    atomic_write_json(out / HISTORY_NAME, {"environment": environment(), **result.to_dict()})
+    if group.is_main:
+        save_model(model, out, card)
+        atomic_write_json(
+            out / HISTORY_NAME,
+            {"environment": environment(), "processes": group.world_size, **result.to_dict()},
+        )
+    distributed.barrier()
     return TrainOutcome(model=model, card=read_card(out), result=result, path=out)
 
 

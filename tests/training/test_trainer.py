@@ -195,7 +195,8 @@ def test_checkpoint_holds_all_the_state(tmp_path: Path, mini_train: ImageDataset
     assert state["ema"]["updates"] == 2 * 4 * 3  # epochs * batches * replays
     assert state["scheduler"]["last_epoch"] == 2 * 4 * 3
     assert state["optimizer"]["state"]  # Adam moments
-    assert set(state["rng"]) >= {"shuffle", "attack", "torch"}
+    assert set(state["rng"]) >= {"attack", "torch"}  # the data order depends on seed and epoch only
+    assert len(state["rng"]["attack"]) == 1  # one generator per process
     assert state["objective_state"]["delta"].shape == (50, 1, 28, 28)
     [guard] = state["callbacks"]
     assert guard["best"] is not None and set(guard["good"]["model"]) == keys

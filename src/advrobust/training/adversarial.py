@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from advrobust.attacks.base import steepest_direction
 from advrobust.errors import ConfigError
@@ -56,6 +57,10 @@ def ascend(
     under autocast. Shape: x, start (N, C, H, W) -> x_adv like x, detached, inside ``threat``.
     """
     x = x.detach()
+    # The inner maximisation asks for input gradients only: under DDP it runs on the wrapped module, since
+    # DDP expects every forward it sees to end in a backward that reaches its parameters.
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     x_adv = threat.project(start.detach(), x)
     for _ in range(steps):
         x_adv.requires_grad_(True)

@@ -20,7 +20,10 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 
+from advrobust import distributed
 from advrobust.contract import eval_mode
 from advrobust.data import BatchLoader, ImageDataset
 from advrobust.errors import ConfigError
@@ -227,7 +230,10 @@ def train(
         entry = run.train_epoch(epoch, progress)
         run.end_epoch(epoch, entry, val_data)
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {"epoch": epoch, **run.state_dict(), "config": record})
+            state = run.state_dict()  # every rank takes part (it gathers the per-rank generators)
+            if distributed.info().is_main:
+                save_checkpoint(checkpoint_path, {"epoch": epoch, **state, "config": record})
+            distributed.barrier()
     run.deliver()
     model.eval()
     return run.result
@@ -259,10 +265,11 @@ class _Run:
     objective: Objective
     config: TrainConfig
     device: torch.device
-    loader: BatchLoader
+    train_data: ImageDataset
+    sampler: DistributedSampler[int]
+    train_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    shuffle_gen: torch.Generator
     attack_gen: torch.Generator
     ctx: TrainContext
     hooks: list[Callback]
@@ -286,25 +293,39 @@ class _Run:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         threat = objective_threat(objective)
         train_data, holdout = holdout_split(data, config.robust_val, threat, seed=config.seed)
-        shuffle_gen = torch.Generator().manual_seed(config.seed)
-        loader = BatchLoader(
-            train_data, batch_size=config.batch_size, shuffle=True, generator=shuffle_gen, device=device
+        group = distributed.info()
+        # PyTorch's own sampler orders (and, under torchrun, shards) the data: each epoch's order depends on
+        # the seed and the epoch only, so resuming needs no shuffle state and N processes with batch B see
+        # the same global batches as one process with batch N * B.
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(train_data)),  # type: ignore[arg-type]
+            num_replicas=group.world_size,
+            rank=group.rank,
+            shuffle=True,
+            seed=config.seed,
         )
+        steps = math.ceil(len(sampler) / config.batch_size)
+        train_model: nn.Module = model
+        if group.enabled:
+            train_model = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         optimizer = _optimizer(model, config)
         ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
         ctx = TrainContext(
-            model=model, data=train_data, device=device, seed=config.seed, steps=len(loader), ema=ema
+            model=model, data=train_data, device=device, seed=config.seed, steps=steps, ema=ema
         )
         run = cls(
             model=model,
             objective=objective,
             config=config,
             device=device,
-            loader=loader,
+            train_data=train_data,
+            sampler=sampler,
+            train_model=train_model,
             optimizer=optimizer,
-            scheduler=_scheduler(optimizer, config, len(loader) * objective_replays(objective)),
-            shuffle_gen=shuffle_gen,
-            attack_gen=torch.Generator(device=device).manual_seed(config.seed + 1),
+            scheduler=_scheduler(optimizer, config, steps * objective_replays(objective)),
+            attack_gen=torch.Generator(device=device).manual_seed(config.seed + 1 + 7919 * group.rank),
             ctx=ctx,
             hooks=hooks,
             threat=threat,
@@ -332,7 +353,12 @@ class _Run:
     def train_epoch(self, epoch: int, progress: Callable[[StepInfo], None] | None) -> dict[str, float]:
         """One pass over the data (each batch ``replays`` times); sets ``result.stopped`` on a callback's Stop."""
         model, device, ema, amp = self.model, self.device, self.ctx.ema, self.amp
-        replays, steps = objective_replays(self.objective), len(self.loader)
+        replays, steps = objective_replays(self.objective), self.ctx.steps
+        self.sampler.set_epoch(epoch)
+        indices = torch.tensor(list(self.sampler), dtype=torch.long)
+        loader = BatchLoader(
+            self.train_data, batch_size=self.config.batch_size, device=device, indices=indices
+        )
         channels_last = self.cuda and self.config.channels_last
         model.train()
         tick = time.perf_counter()
@@ -340,11 +366,11 @@ class _Run:
         correct = torch.zeros((), dtype=torch.long, device=device)
         clean_correct = torch.zeros((), dtype=torch.long, device=device)
         evaluated = images = clean_seen = 0
-        for step, (x_batch, y) in enumerate(self.loader, start=1):
+        for step, (x_batch, y) in enumerate(loader, start=1):
             x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
             for _ in range(replays):
                 with _autocast(amp):
-                    loss, logits = self.objective.loss(model, x, y, generator=self.attack_gen)
+                    loss, logits = self.objective.loss(self.train_model, x, y, generator=self.attack_gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.optimizer.step()
@@ -441,8 +467,8 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
-                "shuffle": self.shuffle_gen.get_state(),
-                "attack": self.attack_gen.get_state().cpu(),
+                # One attack generator per process, all kept (gathered) so that each rank resumes its own.
+                "attack": distributed.gather_objects(self.attack_gen.get_state().cpu()),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None,
             },
@@ -460,8 +486,10 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
-        self.shuffle_gen.set_state(rng["shuffle"])
-        self.attack_gen.set_state(rng["attack"].to(self.attack_gen.get_state().device))
+        group = distributed.info()
+        attack_states = rng["attack"] if isinstance(rng["attack"], list) else [rng["attack"]]
+        if len(attack_states) == group.world_size:
+            self.attack_gen.set_state(attack_states[group.rank].to(self.attack_gen.get_state().device))
         torch.set_rng_state(rng["torch"])
         if self.cuda and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
