@@ -1,0 +1,204 @@
+"""advrobust's ``standard`` suite vs the AutoAttack of adversarial-robustness-toolbox and of torchattacks.
+
+Issue 3's "done when": on the first 1,000 MNIST test images, linf eps 0.3, for a normally trained and a
+Fast-AT small CNN (``benchmarks/train_models.py``), the standard suite's robust accuracy must be within 0.5
+points of, or below, each reference AutoAttack, and its wall time no worse. Context rows: advrobust APGD-CE
+alone and PGD-40, both through ``evaluate``.
+
+Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): wall time of the attack
+only, peak RSS, robust accuracy recomputed from the returned examples, and every returned example checked
+against the eps-ball and [0, 1]. A peer that cannot finish 1,000 images in reasonable time can be given fewer
+(``--n-art``, ``--n-torchattacks``); advrobust is then also run on that many, so each ratio compares equal n.
+
+Usage:
+    ADVROBUST_DATA=/path/to/data python benchmarks/autoattack_mnist.py \
+        --models /tmp/advrobust-bench/models --out autoattack.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+import torch
+
+MODELS = ("mnist-standard", "mnist-fast-at")
+PEERS = ("torchattacks", "art")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, required=True, help="folder of the train_models.py runs")
+    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (default: both)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--n", type=int, default=1000, help="first n MNIST test images (default 1000)")
+    parser.add_argument("--n-art", type=int, default=None, help="images for ART's AutoAttack (default --n)")
+    parser.add_argument(
+        "--n-torchattacks", type=int, default=None, help="images for torchattacks' (default --n)"
+    )
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case before it is killed")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
+    parser.add_argument("--load-tries", type=int, default=10, help="times to wait --load-pause for it")
+    parser.add_argument("--load-pause", type=float, default=30.0)
+    parser.add_argument("--skip-context", action="store_true", help="no APGD-CE / PGD-40 rows")
+    args = parser.parse_args()
+    peer_n = {"torchattacks": args.n_torchattacks or args.n, "art": args.n_art or args.n}
+    torch.set_num_threads(args.threads)
+
+    report: dict[str, Any] = {
+        "script": "benchmarks/autoattack_mnist.py",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": harness.machine(),
+        "versions": harness.versions(),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "n": args.n,
+        "peer_n": peer_n,
+        "settings": harness.ATTACKS["autoattack"].settings,
+        "cases": [],
+    }
+    print(f"machine: {report['machine']}\nversions: {report['versions']}", flush=True)
+
+    def case(library: str, attack: str, model: str, n: int) -> dict[str, Any]:
+        spec = {
+            "library": library,
+            "attack": attack,
+            "model": str(args.models / model),
+            "model_name": model,
+            "n": n,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "seed": args.seed,
+        }
+        load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
+        print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
+        tick = time.perf_counter()
+        result = harness.run_in_subprocess(spec, args.timeout)
+        result["load_before"] = load_start
+        result["load_after"] = harness.load_avg()[0]
+        print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
+        report["cases"].append(result)
+        args.out.write_text(json.dumps(report, indent=2))
+        return result
+
+    for model in args.model or MODELS:
+        case("advrobust", "autoattack", model, args.n)
+        for peer in PEERS:
+            case(peer, "autoattack", model, peer_n[peer])
+        for n in sorted({v for v in peer_n.values() if v != args.n}):
+            case("advrobust", "autoattack", model, n)
+        if not args.skip_context:
+            case("advrobust", "apgd-ce-only", model, args.n)
+            case("advrobust", "pgd40-eval", model, args.n)
+
+    report["verdicts"] = verdicts(report["cases"])
+    args.out.write_text(json.dumps(report, indent=2))
+    print()
+    print(table(report))
+    print(f"\nJSON: {args.out}")
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"{r.get('status')}: {str(r.get('error', ''))[-300:]}"
+    return (
+        f"robust {r['robust_accuracy']:.1%} (clean {r['clean_accuracy']:.1%}), {r['seconds']:.1f} s, "
+        f"violations eps {r['eps_violations']} bounds {r['bounds_violations']}, "
+        f"peak RSS +{harness.fmt(r.get('peak_rss_delta_mb'), '.0f')} MB"
+    )
+
+
+def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 3's requirement per (model, peer): accuracy <= peer + 0.5 points and time <= peer's, equal n."""
+    ok = [c for c in cases if c.get("status") == "ok" and c["attack"] == "autoattack"]
+    out = []
+    for peer in (c for c in ok if c["library"] != "advrobust"):
+        ours = next(
+            (
+                c
+                for c in ok
+                if c["library"] == "advrobust"
+                and c["model_name"] == peer["model_name"]
+                and c["n"] == peer["n"]
+            ),
+            None,
+        )
+        if ours is None:
+            continue
+        diff = 100 * (ours["robust_accuracy"] - peer["robust_accuracy"])
+        ratio = ours["seconds"] / peer["seconds"]
+        out.append(
+            {
+                "model": peer["model_name"],
+                "peer": peer["library"],
+                "n": peer["n"],
+                "advrobust_robust": ours["robust_accuracy"],
+                "peer_robust": peer["robust_accuracy"],
+                "difference_points": diff,
+                "accuracy_ok": diff <= 0.5,
+                "advrobust_seconds": ours["seconds"],
+                "peer_seconds": peer["seconds"],
+                "time_ratio": ratio,
+                "time_ok": ratio <= 1.0,
+                "speedup": 1 / ratio,
+            }
+        )
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    rows = [
+        "| model | library | attack | n | clean | robust | wall s | img/s | peak RSS +MB | eps viol. | bounds viol. "
+        "| load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cases"]:
+        if c.get("status") != "ok":
+            rows.append(
+                f"| {c['model_name']} | {c['library']} | {c['attack']} | {c['n']} | {c.get('status')} "
+                "| | | | | | | |"
+            )
+            continue
+        rows.append(
+            f"| {c['model_name']} | {c['library']} | {c['attack']} | {c['n']} | {c['clean_accuracy']:.1%} "
+            f"| {c['robust_accuracy']:.1%} | {c['seconds']:.1f} | {c['images_per_second']:.1f} "
+            f"| {harness.fmt(c.get('peak_rss_delta_mb'), '.0f')} | {c['eps_violations']} "
+            f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} |"
+        )
+    rows += [
+        "",
+        "| model | peer | n | advrobust robust | peer robust | diff (points) | within 0.5 or below "
+        "| advrobust s | peer s | time ratio (adv/peer) | time no worse |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for v in report.get("verdicts", []):
+        rows.append(
+            f"| {v['model']} | {v['peer']} | {v['n']} | {v['advrobust_robust']:.1%} | {v['peer_robust']:.1%} "
+            f"| {v['difference_points']:+.1f} | {'yes' if v['accuracy_ok'] else 'NO'} "
+            f"| {v['advrobust_seconds']:.1f} | {v['peer_seconds']:.1f} | {v['time_ratio']:.2f} "
+            f"| {'yes' if v['time_ok'] else 'NO'} |"
+        )
+    per_attack = [c for c in report["cases"] if c.get("per_attack")]
+    if per_attack:
+        rows += ["", "advrobust per-attack cascade (attacked -> fooled, seconds):"]
+        for c in per_attack:
+            parts = ", ".join(
+                f"{a['name']} {a['attacked']}->{a['fooled']} {a['seconds']:.1f}s" for a in c["per_attack"]
+            )
+            rows.append(f"- {c['model_name']} {c['attack']} n={c['n']}: {parts}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

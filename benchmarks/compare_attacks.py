@@ -1,0 +1,354 @@
+"""advrobust vs torchattacks vs adversarial-robustness-toolbox vs foolbox, attack by attack (issue 8, item 1).
+
+One run, the same model object, the same first ``--n`` MNIST test images, the same batch size and threads
+for every library: FGSM, PGD-40 linf (eps 0.3), PGD-40 l2 (eps 2.0), CW-L2, APGD-CE, AutoAttack-standard and
+Square (1,000 queries), on the normally trained and the Fast-AT small CNN of ``benchmarks/train_models.py``;
+then a throughput-only section on a randomly initialised 32x32 ``preact-resnet18`` with random inputs
+(labelled with the model's own predictions, so that every sample is attacked in full by every library).
+
+Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): images per second of the
+attack alone, peak RSS over the set-up level, robust accuracy recomputed from the returned examples, and
+every returned example checked against the eps-ball (eps + 1e-6) and [0, 1]. A library without the attack
+is "n/a". The settings each library is given are in the JSON (``settings``) and in ``harness.ATTACKS``.
+
+AutoAttack is the slowest case; ``--autoattack-from autoattack.json`` reuses ``autoattack_mnist.py``'s
+measurements (same harness, same images) instead of running it again.
+
+Usage:
+    ADVROBUST_DATA=/path/to/data python benchmarks/compare_attacks.py \
+        --models /tmp/advrobust-bench/models --out compare.json --autoattack-from autoattack.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+import torch
+
+MODELS = ("mnist-standard", "mnist-fast-at")
+MNIST_ATTACKS = ("fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square")
+PEERS = ("torchattacks", "art", "foolbox")
+
+
+def parse_limits(items: list[str]) -> dict[tuple[str, str], int]:
+    """``library:attack=n`` items: run that pair on the first n images only (stated in the output)."""
+    limits = {}
+    for item in items:
+        pair, _, n = item.partition("=")
+        library, _, attack = pair.partition(":")
+        if library not in harness.LIBRARIES or attack not in harness.ATTACKS or not n.isdigit():
+            raise SystemExit(f"--limit {item!r}: write library:attack=n, e.g. art:cw-l2=200")
+        limits[(library, attack)] = int(n)
+    return limits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, required=True, help="folder of the train_models.py runs")
+    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (default: both)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--n", type=int, default=1000, help="first n MNIST test images (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attacks", default=",".join(MNIST_ATTACKS), help="comma-separated subset")
+    parser.add_argument("--libraries", default=",".join(harness.LIBRARIES), help="comma-separated subset")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        help="library:attack=n runs that pair on the first n images only, e.g. art:cw-l2=200",
+    )
+    parser.add_argument(
+        "--autoattack-from", type=Path, help="reuse autoattack_mnist.py's JSON for AutoAttack"
+    )
+    parser.add_argument("--resnet-n", type=int, default=128, help="random 32x32 inputs for preact-resnet18")
+    parser.add_argument("--resnet-batch-size", type=int, default=64)
+    parser.add_argument("--resnet-attacks", default="fgsm,pgd40-linf,pgd40-l2")
+    parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is killed")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
+    parser.add_argument("--load-tries", type=int, default=10)
+    parser.add_argument("--load-pause", type=float, default=30.0)
+    args = parser.parse_args()
+    limits = parse_limits(args.limit)
+    attacks = [a for a in args.attacks.split(",") if a]
+    libraries = [lib for lib in args.libraries.split(",") if lib]
+    torch.set_num_threads(args.threads)
+
+    reused: list[dict[str, Any]] = []
+    if args.autoattack_from is not None:
+        previous = json.loads(args.autoattack_from.read_text())
+        reused = [c for c in previous["cases"] if c["attack"] == "autoattack"]
+
+    report: dict[str, Any] = {
+        "script": "benchmarks/compare_attacks.py",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": harness.machine(),
+        "versions": harness.versions(),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "resnet_batch_size": args.resnet_batch_size,
+        "seed": args.seed,
+        "n": args.n,
+        "limits": {f"{k[0]}:{k[1]}": v for k, v in limits.items()},
+        "autoattack_from": str(args.autoattack_from) if args.autoattack_from else None,
+        "settings": {name: spec.settings for name, spec in harness.ATTACKS.items()},
+        "cases": [],
+    }
+    print(f"machine: {report['machine']}\nversions: {report['versions']}", flush=True)
+
+    def case(library: str, attack: str, model: str, n: int, batch_size: int) -> None:
+        spec = {
+            "library": library,
+            "attack": attack,
+            "model": model if model == harness.RESNET_MODEL else str(args.models / model),
+            "model_name": model,
+            "n": n,
+            "batch_size": batch_size,
+            "threads": args.threads,
+            "seed": args.seed,
+        }
+        if attack not in harness.AVAILABLE[library]:
+            report["cases"].append({**spec, "status": "n/a"})
+            return
+        load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
+        print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
+        tick = time.perf_counter()
+        result = harness.run_in_subprocess(spec, args.timeout)
+        result["load_before"] = load_start
+        result["load_after"] = harness.load_avg()[0]
+        print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
+        report["cases"].append(result)
+        args.out.write_text(json.dumps(report, indent=2))
+
+    for model in args.model or MODELS:
+        for attack in attacks:
+            for library in libraries:
+                if attack == "autoattack" and args.autoattack_from is not None:
+                    found = [
+                        c
+                        for c in reused
+                        if c["library"] == library and c["model_name"] == model and c["n"] == args.n
+                    ] or [c for c in reused if c["library"] == library and c["model_name"] == model]
+                    if found:
+                        report["cases"].append({**found[0], "reused_from": str(args.autoattack_from)})
+                        continue
+                    if attack in harness.AVAILABLE[library]:
+                        print(f"- {model} {library} autoattack: not in {args.autoattack_from}, running it")
+                case(library, attack, model, limits.get((library, attack), args.n), args.batch_size)
+    if not args.skip_resnet:
+        for attack in [a for a in args.resnet_attacks.split(",") if a]:
+            for library in libraries:
+                case(library, attack, harness.RESNET_MODEL, args.resnet_n, args.resnet_batch_size)
+
+    report["ratios"] = ratios(report["cases"])
+    report["goals"] = goals(report["cases"], report["ratios"])
+    args.out.write_text(json.dumps(report, indent=2))
+    print()
+    print(tables(report))
+    print(f"\nJSON: {args.out}")
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"{r.get('status')}: {str(r.get('error', ''))[-300:]}"
+    extra = ""
+    if r.get("success_rate") is not None:
+        extra = f", success {r['success_rate']:.1%} mean L2 {harness.fmt(r.get('mean_l2_success'), '.3f')}"
+    return (
+        f"{r['images_per_second']:.1f} img/s ({r['seconds']:.1f} s), robust {r['robust_accuracy']:.1%}{extra}, "
+        f"violations eps {r['eps_violations']} bounds {r['bounds_violations']}, "
+        f"peak RSS +{harness.fmt(r.get('peak_rss_delta_mb'), '.0f')} MB"
+    )
+
+
+def _ok(cases: list[dict[str, Any]], model: str, attack: str) -> dict[str, dict[str, Any]]:
+    return {
+        c["library"]: c
+        for c in cases
+        if c.get("status") == "ok" and c["model_name"] == model and c["attack"] == attack
+    }
+
+
+def common_accuracy(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, int]:
+    """Robust accuracies of a and b on the images both ran on (the first min(n_a, n_b))."""
+    n = min(a["n"], b["n"])
+    fa, fb = a["robust_flags"][:n], b["robust_flags"][:n]
+    return fa.count("1") / n, fb.count("1") / n, n
+
+
+def ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, attack): advrobust's throughput and memory over the best peer's, accuracy differences."""
+    out = []
+    pairs = sorted({(c["model_name"], c["attack"]) for c in cases}, key=lambda p: (p[0], p[1]))
+    for model, attack in pairs:
+        ok = _ok(cases, model, attack)
+        ours = ok.get("advrobust")
+        peers = {k: v for k, v in ok.items() if k != "advrobust"}
+        if ours is None or not peers:
+            continue
+        fastest = max(peers.values(), key=lambda c: c["images_per_second"])
+        with_mem = [c for c in peers.values() if c.get("peak_rss_delta_mb") is not None]
+        leanest = min(with_mem, key=lambda c: c["peak_rss_delta_mb"]) if with_mem else None
+        entry: dict[str, Any] = {
+            "model": model,
+            "attack": attack,
+            "fastest_peer": fastest["library"],
+            "throughput_ratio": ours["images_per_second"] / fastest["images_per_second"],
+            "per_peer_throughput_ratio": {
+                k: ours["images_per_second"] / v["images_per_second"] for k, v in peers.items()
+            },
+            "leanest_peer": leanest["library"] if leanest else None,
+            "memory_ratio": (
+                ours["peak_rss_delta_mb"] / leanest["peak_rss_delta_mb"]
+                if leanest and ours.get("peak_rss_delta_mb") is not None and leanest["peak_rss_delta_mb"] > 0
+                else None
+            ),
+            "accuracy_vs_peer": {},
+        }
+        if model != harness.RESNET_MODEL:
+            for k, v in peers.items():
+                acc_ours, acc_peer, n = common_accuracy(ours, v)
+                entry["accuracy_vs_peer"][k] = {
+                    "n": n,
+                    "advrobust": acc_ours,
+                    "peer": acc_peer,
+                    "difference_points": 100 * (acc_ours - acc_peer),
+                }
+        out.append(entry)
+    return out
+
+
+def goals(cases: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 8's goals, each met or not, per model."""
+    out: list[dict[str, Any]] = []
+    by = {(r["model"], r["attack"]): r for r in ratio_list}
+    for model in MODELS:
+        for attack in ("pgd40-linf", "pgd40-l2"):
+            r = by.get((model, attack))
+            if r is None:
+                continue
+            worst = max((v["difference_points"] for v in r["accuracy_vs_peer"].values()), default=0.0)
+            out.append(
+                {
+                    "model": model,
+                    "goal": f"{attack}: throughput >= 1.2x fastest peer, robust acc <= peers' + 0.2 points",
+                    "value": f"{r['throughput_ratio']:.2f}x {r['fastest_peer']}; acc diff up to {worst:+.1f} pts",
+                    "met": r["throughput_ratio"] >= 1.2
+                    and all(v["difference_points"] <= 0.2 for v in r["accuracy_vs_peer"].values()),
+                }
+            )
+        r = by.get((model, "autoattack"))
+        if r is not None:
+            for peer, need in (("art", 2.0), ("torchattacks", 1.0)):
+                if peer not in r["per_peer_throughput_ratio"]:
+                    continue
+                speed = r["per_peer_throughput_ratio"][peer]
+                diff = r["accuracy_vs_peer"][peer]["difference_points"]
+                out.append(
+                    {
+                        "model": model,
+                        "goal": f"standard suite >= {need:g}x {peer}'s AutoAttack, robust acc no higher",
+                        "value": f"{speed:.2f}x; acc diff {diff:+.1f} pts",
+                        "met": speed >= need and diff <= 0.0,
+                    }
+                )
+        ok = _ok(cases, model, "cw-l2")
+        if "advrobust" in ok and "torchattacks" in ok:
+            a, t = ok["advrobust"], ok["torchattacks"]
+            speed = a["images_per_second"] / t["images_per_second"]
+            out.append(
+                {
+                    "model": model,
+                    "goal": "CW-L2 >= 1x torchattacks, mean L2 <= at >= success rate",
+                    "value": (
+                        f"{speed:.2f}x; success {a['success_rate']:.1%} vs {t['success_rate']:.1%}; "
+                        f"mean L2 {harness.fmt(a.get('mean_l2_success'), '.3f')} vs "
+                        f"{harness.fmt(t.get('mean_l2_success'), '.3f')}"
+                    ),
+                    "met": speed >= 1.0
+                    and a["success_rate"] >= t["success_rate"]
+                    and (a.get("mean_l2_success") or 0) <= (t.get("mean_l2_success") or float("inf")),
+                }
+            )
+    for r in ratio_list:
+        if r["memory_ratio"] is not None:
+            out.append(
+                {
+                    "model": r["model"],
+                    "goal": f"{r['attack']}: peak memory <= best peer + 10%",
+                    "value": f"{r['memory_ratio']:.2f}x {r['leanest_peer']}",
+                    "met": r["memory_ratio"] <= 1.1,
+                }
+            )
+    return out
+
+
+def tables(report: dict[str, Any]) -> str:
+    cases = report["cases"]
+    rows: list[str] = []
+    models = list(dict.fromkeys(c["model_name"] for c in cases))
+    by_ratio = {(r["model"], r["attack"]): r for r in report.get("ratios", [])}
+    for model in models:
+        rows += [
+            f"### {model}",
+            "",
+            "| attack | library | n | img/s | wall s | peak RSS +MB | clean | robust | CW success / mean L2 "
+            "| eps viol. | bounds viol. | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in (c for c in cases if c["model_name"] == model):
+            if c.get("status") != "ok":
+                rows.append(
+                    f"| {c['attack']} | {c['library']} | {c['n']} | {c.get('status')} | | | | | | | | |"
+                )
+                continue
+            cw = (
+                f"{c['success_rate']:.1%} / {harness.fmt(c.get('mean_l2_success'), '.3f')}"
+                if c.get("success_rate") is not None
+                else ""
+            )
+            reused = " (reused)" if c.get("reused_from") else ""
+            rows.append(
+                f"| {c['attack']} | {c['library']}{reused} | {c['n']} | {c['images_per_second']:.1f} "
+                f"| {c['seconds']:.1f} | {harness.fmt(c.get('peak_rss_delta_mb'), '.0f')} "
+                f"| {c['clean_accuracy']:.1%} | {c['robust_accuracy']:.1%} | {cw} | {harness.fmt(c['eps_violations'], 'd', 'n/a')} "
+                f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} |"
+            )
+        rows += [
+            "",
+            "| attack | advrobust / fastest peer (img/s) | per peer | memory / leanest peer "
+            "| robust acc diff vs each peer (points, same images) |",
+            "|---|---:|---|---:|---|",
+        ]
+        for attack in dict.fromkeys(c["attack"] for c in cases if c["model_name"] == model):
+            r = by_ratio.get((model, attack))
+            if r is None:
+                continue
+            per = ", ".join(f"{k} {v:.2f}x" for k, v in r["per_peer_throughput_ratio"].items())
+            acc = ", ".join(
+                f"{k} {v['difference_points']:+.1f} (n={v['n']})" for k, v in r["accuracy_vs_peer"].items()
+            )
+            mem = f"{r['memory_ratio']:.2f}x {r['leanest_peer']}" if r["memory_ratio"] is not None else "-"
+            rows.append(
+                f"| {attack} | {r['throughput_ratio']:.2f}x ({r['fastest_peer']}) | {per} | {mem} | {acc or '-'} |"
+            )
+        rows.append("")
+    if report.get("goals"):
+        rows += ["### Issue 8 goals", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+        for g in report["goals"]:
+            rows.append(f"| {g['model']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else 'NO'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,562 @@
+"""Shared harness of the peer benchmarks: one (library, attack, model) case per fresh Python process.
+
+A case runs in its own subprocess so that its peak memory is its own: after the set-up (imports, model,
+data, the library's wrapper, one warm-up forward pass) the process's RSS high-water mark is reset
+(``/proc/self/clear_refs``), the attack runs over all images in batches, and ``resource.getrusage`` gives
+the peak. Every returned example is checked against the threat model (eps + 1e-6 in the attack's norm,
+inside [0, 1]), and robust accuracy is recomputed here from the model's predictions on the returned
+examples, the same way for every library: robust = clean-correct and still correct after the attack.
+
+Run one case by hand:
+    python benchmarks/harness.py --case '{"library": "advrobust", "attack": "fgsm", "model": "RUN_DIR"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+LIBRARIES = ("advrobust", "torchattacks", "art", "foolbox")
+TOLERANCE = 1e-6
+RESNET_MODEL = "preact-resnet18-random"
+#: l2 budget of the minimum-norm CW attack's "robust accuracy" (counted after the attack, unprojected).
+CW_EPS = 2.0
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack configuration, the same for every library that has it."""
+
+    norm: str  # "linf" or "l2"
+    eps: float
+    settings: str  # what every library is asked to do, in words
+    min_norm: bool = False
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "fgsm": AttackSpec("linf", 0.3, "FGSM, linf eps 0.3, no random start"),
+    "pgd40-linf": AttackSpec(
+        "linf", 0.3, "PGD, linf eps 0.3, 40 steps of 0.01875 (2.5 eps/40), 1 uniform random start"
+    ),
+    "pgd40-l2": AttackSpec(
+        "l2", 2.0, "PGD, l2 eps 2.0, 40 steps of 0.125 (2.5 eps/40), 1 random start in the ball"
+    ),
+    "cw-l2": AttackSpec(
+        "l2",
+        CW_EPS,
+        "CW-L2, 100 Adam steps (ART: 100 of its line-search iterations), lr 0.01, c = 1, 1 binary-search step, "
+        "kappa 0, each library's own early abort (ART none); minimum-norm, unprojected: robust accuracy "
+        "counts a success only within l2 2.0",
+        min_norm=True,
+    ),
+    "apgd-ce": AttackSpec(
+        "linf", 0.3, "APGD-CE, linf eps 0.3, 100 steps, 1 restart, initial step 2 eps (ART: eps_step 0.6)"
+    ),
+    "autoattack": AttackSpec(
+        "linf",
+        0.3,
+        "AutoAttack standard, linf eps 0.3: advrobust suite 'standard' via evaluate (APGD-CE, APGD-T DLR x9, "
+        "FAB-T x9, Square 5000); torchattacks AutoAttack(version='standard', n_classes=10, seed=0); ART "
+        "AutoAttack with its default attack list (APGD-CE and APGD-DLR with 5 restarts and eps_step 0.1, "
+        "DeepFool, Square 5000 x 5 restarts)",
+    ),
+    "square": AttackSpec("linf", 0.3, "Square, linf eps 0.3, 1000 queries, p_init 0.8, 1 restart"),
+    "apgd-ce-only": AttackSpec("linf", 0.3, "advrobust APGD-CE (100 steps, 1 restart) via evaluate"),
+    "pgd40-eval": AttackSpec("linf", 0.3, "advrobust PGD-40 (step 0.01875, 1 restart) via evaluate"),
+}
+
+#: Which (library, attack) pairs exist; the rest are reported as "n/a".
+AVAILABLE: dict[str, set[str]] = {
+    "advrobust": set(ATTACKS),
+    "torchattacks": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square"},
+    "art": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square"},
+    "foolbox": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2"},
+}
+
+
+def step_size(spec: AttackSpec, steps: int = 40) -> float:
+    return 2.5 * spec.eps / steps
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def load_inputs(case: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
+    """The model (eval mode) and the first ``n`` inputs with their labels."""
+    import advrobust
+
+    n = int(case["n"])
+    if case["model"] == RESNET_MODEL:
+        torch.manual_seed(int(case.get("seed", 0)))
+        model = advrobust.create_model("preact-resnet18", num_classes=10, in_channels=3).eval()
+        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(int(case.get("seed", 0))))
+        with torch.no_grad():
+            # Labels are the model's own predictions: every sample is clean-correct, so no library can
+            # skip work on samples that are misclassified to begin with.
+            y = torch.cat([model(x[i : i + 64]).argmax(1) for i in range(0, n, 64)])
+        return model, x, y
+    model = advrobust.load_model(case["model"], device="cpu").eval()
+    test = advrobust.load_dataset("mnist", split="test").take(n)
+    x = test.images.to(torch.float32).div(255)
+    return model, x, test.labels.clone()
+
+
+# ------------------------------------------------------------------------------------------- adapters
+
+AttackFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def batched(fn: AttackFn, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([fn(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+class Recorder:
+    """Wraps an advrobust attack inside ``evaluate`` to keep every (x, x_adv, y) it returns, for checks."""
+
+    def __init__(self, attack: Any) -> None:
+        self._attack = attack
+        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attack, name)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+        x_adv = self._attack(model, x, y, **kwargs)
+        self.calls.append((x, x_adv, y))
+        return x_adv
+
+
+def advrobust_case(
+    attack: str, model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int
+) -> tuple[Callable[[], Tensor | None], dict[str, Any]]:
+    import advrobust
+    from advrobust.attacks import create_attack
+    from advrobust.evaluation.suites import build_suite
+
+    spec = ATTACKS[attack]
+    threat = advrobust.ThreatModel(norm=spec.norm, eps=spec.eps)
+    extra: dict[str, Any] = {}
+    if attack in ("autoattack", "apgd-ce-only", "pgd40-eval"):
+        if attack == "autoattack":
+            suite = build_suite("standard", threat)
+        elif attack == "apgd-ce-only":
+            suite = [create_attack("apgd", threat=threat, loss="ce", steps=100)]
+        else:
+            suite = [create_attack("pgd", threat=threat, steps=40, step_size=step_size(spec))]
+        recorders = [Recorder(a) for a in suite]
+
+        def run_eval() -> None:
+            result = advrobust.evaluate(model, (x, y), recorders, threat=threat, batch_size=bs, seed=seed)
+            extra["eval"] = result
+
+        extra["recorders"] = recorders
+        extra["describe"] = [a.describe() for a in suite]
+        return run_eval, extra
+    if attack == "fgsm":
+        atk = create_attack("fgsm", threat=threat)
+    elif attack in ("pgd40-linf", "pgd40-l2"):
+        atk = create_attack("pgd", threat=threat, steps=40, step_size=step_size(spec))
+    elif attack == "cw-l2":
+        # Minimum-norm: a budget of 28 (the l2 diameter of [0, 1]^784) makes the final projection a no-op.
+        big = advrobust.ThreatModel(norm="l2", eps=float(x[0].numel()) ** 0.5)
+        atk = create_attack(
+            "cw", threat=big, steps=100, binary_search_steps=1, initial_const=1.0, step_size=0.01
+        )
+    elif attack == "apgd-ce":
+        atk = create_attack("apgd", threat=threat, loss="ce", steps=100)
+    elif attack == "square":
+        atk = create_attack("square", threat=threat, queries=1000, p_init=0.8)
+    else:
+        raise KeyError(attack)
+    extra["describe"] = [atk.describe()]
+    counter = iter(range(10**6))
+
+    def one(xb: Tensor, yb: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(seed * 1000 + next(counter))
+        return atk(model, xb, yb, generator=generator)
+
+    return lambda: batched(one, x, y, bs), extra
+
+
+def torchattacks_case(
+    attack: str, model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int
+) -> tuple[Callable[[], Tensor], dict[str, Any]]:
+    import torchattacks as ta
+
+    spec = ATTACKS[attack]
+    if attack == "fgsm":
+        atk = ta.FGSM(model, eps=spec.eps)
+    elif attack == "pgd40-linf":
+        atk = ta.PGD(model, eps=spec.eps, alpha=step_size(spec), steps=40, random_start=True)
+    elif attack == "pgd40-l2":
+        atk = ta.PGDL2(model, eps=spec.eps, alpha=step_size(spec), steps=40, random_start=True)
+    elif attack == "cw-l2":
+        atk = ta.CW(model, c=1.0, kappa=0.0, steps=100, lr=0.01)
+    elif attack == "apgd-ce":
+        atk = ta.APGD(model, norm="Linf", eps=spec.eps, steps=100, n_restarts=1, loss="ce", seed=seed)
+    elif attack == "autoattack":
+        atk = ta.AutoAttack(model, norm="Linf", eps=spec.eps, version="standard", n_classes=10, seed=seed)
+    elif attack == "square":
+        atk = ta.Square(model, norm="Linf", eps=spec.eps, n_queries=1000, n_restarts=1, p_init=0.8, seed=seed)
+    else:
+        raise KeyError(attack)
+    return lambda: batched(lambda xb, yb: atk(xb, yb), x, y, bs), {"describe": [repr(atk)]}
+
+
+def art_case(
+    attack: str, model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int
+) -> tuple[Callable[[], Tensor], dict[str, Any]]:
+    from art.attacks import evasion as ev
+    from art.estimators.classification import PyTorchClassifier
+
+    np.random.seed(seed)
+    spec = ATTACKS[attack]
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    norm = np.inf if spec.norm == "linf" else 2
+    if attack == "fgsm":
+        atk = ev.FastGradientMethod(classifier, norm=norm, eps=spec.eps, batch_size=bs)
+    elif attack in ("pgd40-linf", "pgd40-l2"):
+        atk = ev.ProjectedGradientDescent(
+            classifier,
+            norm=norm,
+            eps=spec.eps,
+            eps_step=step_size(spec),
+            max_iter=40,
+            num_random_init=1,
+            batch_size=bs,
+            verbose=False,
+        )
+    elif attack == "cw-l2":
+        atk = ev.CarliniL2Method(
+            classifier,
+            confidence=0.0,
+            learning_rate=0.01,
+            binary_search_steps=1,
+            max_iter=100,
+            initial_const=1.0,
+            batch_size=bs,
+            verbose=False,
+        )
+    elif attack == "apgd-ce":
+        atk = ev.AutoProjectedGradientDescent(
+            classifier,
+            norm=norm,
+            eps=spec.eps,
+            eps_step=2 * spec.eps,
+            max_iter=100,
+            nb_random_init=1,
+            batch_size=bs,
+            loss_type="cross_entropy",
+            verbose=False,
+        )
+    elif attack == "autoattack":
+        atk = ev.AutoAttack(classifier, norm=norm, eps=spec.eps, batch_size=bs)
+    elif attack == "square":
+        atk = ev.SquareAttack(
+            classifier, norm=norm, eps=spec.eps, max_iter=1000, p_init=0.8, nb_restarts=1, batch_size=bs
+        )
+    else:
+        raise KeyError(attack)
+    x_np, y_np = x.numpy(), y.numpy()
+
+    def run() -> Tensor:
+        return torch.from_numpy(np.asarray(atk.generate(x=x_np, y=y_np), dtype=np.float32))
+
+    return run, {"describe": [repr(atk)[:500]]}
+
+
+def foolbox_case(
+    attack: str, model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int
+) -> tuple[Callable[[], Tensor], dict[str, Any]]:
+    import foolbox as fb
+
+    torch.manual_seed(seed)
+    spec = ATTACKS[attack]
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device="cpu")
+    epsilons: float | None = spec.eps
+    if attack == "fgsm":
+        atk = fb.attacks.FGSM()
+    elif attack == "pgd40-linf":
+        atk = fb.attacks.LinfPGD(steps=40, abs_stepsize=step_size(spec), random_start=True)
+    elif attack == "pgd40-l2":
+        atk = fb.attacks.L2PGD(steps=40, abs_stepsize=step_size(spec), random_start=True)
+    elif attack == "cw-l2":
+        atk = fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=1,
+            steps=100,
+            stepsize=0.01,
+            confidence=0.0,
+            initial_const=1.0,
+            abort_early=True,
+        )
+        epsilons = None
+    else:
+        raise KeyError(attack)
+
+    def one(xb: Tensor, yb: Tensor) -> Tensor:
+        _, clipped, _ = atk(fmodel, xb, yb, epsilons=epsilons)
+        return clipped.detach()
+
+    return lambda: batched(one, x, y, bs), {"describe": [repr(atk)]}
+
+
+ADAPTERS = {
+    "advrobust": advrobust_case,
+    "torchattacks": torchattacks_case,
+    "art": art_case,
+    "foolbox": foolbox_case,
+}
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def predict(model: nn.Module, x: Tensor, bs: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + bs]).argmax(1) for i in range(0, len(x), bs)])
+
+
+def distances(x_adv: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    delta = (x_adv.double() - x.double()).flatten(1)
+    return delta.abs().amax(1), delta.norm(dim=1)
+
+
+def violations(x_adv: Tensor, x: Tensor, spec: AttackSpec) -> dict[str, Any]:
+    """Examples outside the eps-ball (eps + 1e-6 in the attack's norm) or outside [0, 1]."""
+    linf, l2 = distances(x_adv, x)
+    dist = linf if spec.norm == "linf" else l2
+    flat = x_adv.flatten(1)
+    out_of_bounds = (flat < 0).any(1) | (flat > 1).any(1) | ~torch.isfinite(flat).all(1)
+    return {
+        "checked": len(x),
+        "eps_violations": None if spec.min_norm else int((dist > spec.eps + TOLERANCE).sum()),
+        "bounds_violations": int(out_of_bounds.sum()),
+        "max_distance": float(dist.max()) if len(x) else 0.0,
+    }
+
+
+def current_rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    library, attack = case["library"], case["attack"]
+    threads, bs, seed = int(case.get("threads", 2)), int(case["batch_size"]), int(case.get("seed", 0))
+    torch.set_num_threads(threads)
+    spec = ATTACKS[attack]
+    out: dict[str, Any] = {**case, "settings": spec.settings, "norm": spec.norm, "eps": spec.eps}
+    if attack not in AVAILABLE[library]:
+        return {**out, "status": "n/a"}
+    model, x, y = load_inputs(case)
+    fn, extra = ADAPTERS[library](attack, model, x, y, bs, seed)
+    clean_pred = predict(model, x, bs)  # also the warm-up pass
+    clean_ok = clean_pred == y
+    gc.collect()
+    rss_before = current_rss_kb()
+    reset = reset_peak_rss()
+    tick = time.perf_counter()
+    x_adv = fn()
+    seconds = time.perf_counter() - tick
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.update(
+        status="ok",
+        describe=extra.get("describe"),
+        seconds=seconds,
+        images_per_second=len(x) / seconds,
+        peak_rss_mb=peak / 1024,
+        peak_rss_delta_mb=(peak - rss_before) / 1024 if reset else None,
+        clean_accuracy=float(clean_ok.float().mean()),
+        clean_correct=int(clean_ok.sum()),
+    )
+    if "eval" in extra:  # advrobust through evaluate: the returned examples are the recorded ones
+        result = extra["eval"]
+        calls = [c for r in extra["recorders"] for c in r.calls]
+        xs = torch.cat([c[0] for c in calls]) if calls else x[:0]
+        advs = torch.cat([c[1] for c in calls]) if calls else x[:0]
+        ys = torch.cat([c[2] for c in calls]) if calls else y[:0]
+        fooled_here = int((predict(model, advs, bs) != ys).sum()) if calls else 0
+        robust_flags = torch.tensor(result.robust_correct, dtype=torch.bool)
+        out.update(violations(advs, xs, spec))
+        out["robust_correct"] = int(robust_flags.sum())
+        out["robust_accuracy"] = float(robust_flags.float().mean())
+        out["robust_flags"] = "".join("1" if f else "0" for f in robust_flags.tolist())
+        out["library_reported_violations"] = sum(a.violations for a in result.attacks)
+        out["recheck_fooled"] = fooled_here
+        out["recheck_consistent"] = fooled_here == int(clean_ok.sum()) - int(robust_flags.sum())
+        out["per_attack"] = [
+            {
+                "name": a.name,
+                "attacked": a.attacked,
+                "fooled": a.fooled,
+                "seconds": a.seconds,
+                "accuracy": a.accuracy.value,
+            }
+            for a in result.attacks
+        ]
+        return out
+    assert x_adv is not None
+    adv_ok = predict(model, x_adv, bs) == y
+    robust_flags = clean_ok & adv_ok
+    out.update(violations(x_adv, x, spec))
+    if spec.min_norm:
+        _, l2 = distances(x_adv, x)
+        success = clean_ok & ~adv_ok
+        within = success & (l2 <= spec.eps + TOLERANCE)
+        robust_flags = clean_ok & ~within
+        n_clean = max(1, int(clean_ok.sum()))
+        out["success_rate"] = int(success.sum()) / n_clean
+        out["mean_l2_success"] = float(l2[success].mean()) if bool(success.any()) else None
+        out["median_l2_success"] = float(l2[success].median()) if bool(success.any()) else None
+    out["robust_correct"] = int(robust_flags.sum())
+    out["robust_accuracy"] = float(robust_flags.float().mean())
+    out["robust_flags"] = "".join("1" if f else "0" for f in robust_flags.tolist())
+    return out
+
+
+# ---------------------------------------------------------------------------------------- subprocess
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def run_in_subprocess(case: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``case`` in a fresh interpreter; a crash or timeout is reported, not raised."""
+    if case["attack"] not in AVAILABLE[case["library"]]:
+        return {**case, "status": "n/a"}
+    command = [sys.executable, str(HERE / "harness.py"), "--case", json.dumps(case)]
+    tick = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=thread_env(int(case.get("threads", 2))),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {**case, "status": "timeout", "timeout_s": timeout}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        return {**case, "status": "error", "error": tail, "process_seconds": time.perf_counter() - tick}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["process_seconds"] = time.perf_counter() - tick
+    return result
+
+
+def load_avg() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def wait_for_quiet(limit: float, tries: int, pause: float) -> float:
+    """Wait (up to ``tries`` x ``pause`` seconds) for the 1-minute load to fall below ``limit``."""
+    for _ in range(tries):
+        load = load_avg()[0]
+        if load < limit:
+            return load
+        print(f"  load {load:.2f} >= {limit}: waiting {pause:.0f} s", flush=True)
+        time.sleep(pause)
+    return load_avg()[0]
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "advrobust", "torchattacks", "adversarial-robustness-toolbox", "foolbox", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(HERE), "status", "--porcelain", "--", "../src"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        out["advrobust_commit"] = commit + (" (src/ has uncommitted changes)" if dirty else "")
+    except OSError:
+        pass
+    return out
+
+
+def fmt(value: float | None, spec: str = ".1f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--case", required=True, help="the case as JSON")
+    args = parser.parse_args()
+    case = json.loads(args.case)
+    case.setdefault("n", 1000)
+    case.setdefault("batch_size", 250)
+    print(json.dumps(run_case(case)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
