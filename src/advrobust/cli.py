@@ -222,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
 EPILOG_DEFEND = """examples:
   advrobust defend --model runs/mnist-std --transform jpeg:75 --transform bitdepth:4 --out runs/mnist-jpeg
   advrobust eval --model runs/mnist-jpeg --eps 0.1 --suite adaptive    # BPDA: the honest number
-transforms: jpeg:QUALITY, bitdepth:BITS, blur:SIGMA, median:KERNEL_SIZE, noise:SIGMA, resize-pad:MIN_SCALE
+transforms: jpeg:QUALITY, bitdepth:BITS, blur:SIGMA, median:KERNEL_SIZE, noise:SIGMA, resize-pad:MIN_SCALE,
+  tv:WEIGHT
   (or name:key=value,key=value, e.g. blur:sigma=1.0,kernel_size=5)
 """
 EPILOG_CERTIFY = """examples:

@@ -22,6 +22,7 @@ from advrobust.defenses import (
     MedianFilter,
     RandomResizePad,
     Transform,
+    TVMinimization,
     create_transform,
     list_transforms,
     parse_transform,
@@ -42,6 +43,7 @@ def all_transforms() -> list[Transform]:
         MedianFilter(kernel_size=3),
         GaussianNoise(sigma=0.3),
         RandomResizePad(min_scale=0.8),
+        TVMinimization(weight=0.1),
     ]
 
 
@@ -121,12 +123,16 @@ def test_declarations_match_the_gradients(batch: Batch) -> None:
         (grad,) = torch.autograd.grad(transform(x).pow(2).sum(), x)
         useful = bool(grad.abs().sum() > 0)
         assert useful == transform.differentiable, transform
-        assert transform.randomized == isinstance(transform, (GaussianNoise, RandomResizePad))
+        assert transform.randomized == isinstance(transform, (GaussianNoise, RandomResizePad, TVMinimization))
 
 
 def test_random_transforms_draw_new_noise_and_follow_their_generator() -> None:
-    x = torch.full((2, 1, 12, 12), 0.5)
-    for make in (lambda: GaussianNoise(sigma=0.1), lambda: RandomResizePad(min_scale=0.5)):
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(4))
+    for make in (
+        lambda: GaussianNoise(sigma=0.1),
+        lambda: RandomResizePad(min_scale=0.5),
+        lambda: TVMinimization(keep_prob=0.5),
+    ):
         transform = make()
         assert not torch.equal(transform(x), transform(x))
         transform.generator = torch.Generator().manual_seed(3)
@@ -146,6 +152,21 @@ def test_resize_pad_shrinks_onto_a_zero_canvas() -> None:
     covered = out.reshape(64, -1).mean(dim=1)
     # The image covers scale^2 of the canvas, scale uniform in [0.5, 1]: about 0.25 to 1.
     assert float(covered.min()) > 0.2 and float(covered.max()) <= 1.0 and float(covered.std()) > 0.05
+
+
+def _total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:] - x[..., :-1]).abs().sum() + (x[..., 1:, :] - x[..., :-1, :]).abs().sum()
+
+
+def test_tv_minimisation_smooths_and_fits_the_kept_pixels(batch: Batch) -> None:
+    x = batch[0][:8]
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    denoised = TVMinimization(weight=0.1, keep_prob=1.0)(noisy)
+    assert _total_variation(denoised) < 0.6 * _total_variation(noisy)
+    stronger = TVMinimization(weight=0.3, keep_prob=1.0)(noisy)
+    assert _total_variation(stronger) < _total_variation(denoised)
+    assert not TVMinimization(keep_prob=1.0).randomized
+    assert torch.allclose(TVMinimization(weight=0.0, keep_prob=1.0)(x), x)
 
 
 def test_specs_parse_and_round_trip() -> None:
