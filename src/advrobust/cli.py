@@ -216,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     au.add_argument("--quiet", action="store_true", help="no spinner")
     _defense_parsers(sub)
+    _report_parser(sub)
     return parser
 
 
@@ -382,6 +383,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     console.print(f"model: {trained.path}   results: {outcome.results_path}")
     console.print(f"total time: {outcome.seconds:.0f} s")
+    if outcome.report_path is not None:
+        console.print(f"report: {outcome.report_path}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -558,6 +561,90 @@ def _cmd_certify(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+EPILOG_REPORT = """examples:
+  advrobust report advrobust-demo                         # everything the demo wrote
+  advrobust report runs/mnist-std runs/mnist-pgd runs/mnist-jpeg --out report/ --card
+  advrobust report report/report.json runs/mnist-trades   # merge a new run into an earlier report
+"""
+
+
+def _report_parser(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="write an HTML report (plots, gallery, audit, provenance), Markdown cards and merged JSON",
+        description="Gather run directories (card.json, history.json), evaluation and audit JSON files and "
+        "earlier report.json files, and write one self-contained report.html plus the report.json it was "
+        "built from. A folder is searched for run directories and result files.",
+        epilog=EPILOG_REPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_JSON", help="run directories and JSON files")
+    rep.add_argument("--out", default="report", help="folder to write (default: %(default)s)")
+    rep.add_argument("--title", help="report title")
+    rep.add_argument(
+        "--norm", choices=["linf", "l2", "l1"], help="norm to compare models at (default: the most evaluated)"
+    )
+    rep.add_argument(
+        "--eps", type=float, help="eps to compare models at (default: the largest all models share)"
+    )
+    rep.add_argument(
+        "--examples",
+        type=int,
+        default=6,
+        help="adversarial examples per model, re-run from the run directory (default: %(default)s)",
+    )
+    rep.add_argument("--card", action="store_true", help="also write a Markdown robustness card per model")
+    rep.add_argument("--json", metavar="PATH", help="also write the merged report JSON to PATH")
+    rep.add_argument("--device", help="device for the gallery's attacks: cpu, cuda, ... (default: cpu)")
+    rep.add_argument("--quiet", action="store_true", help="no spinner")
+
+
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.fileio import atomic_write_json
+    from advrobust.report import build_report, summary_rows, verdict
+
+    with console.status("building the report", spinner="dots") if not args.quiet else _null():
+        report = build_report(
+            args.inputs,
+            args.out,
+            title=args.title,
+            norm=args.norm,
+            eps=args.eps,
+            examples=args.examples,
+            cards=args.card,
+            device=args.device,
+        )
+    headline = report.headline
+    threat = f"{headline.norm} eps {headline.eps:g}" if headline else "-"
+    table = Table(title=f"{len(report.data.models)} model(s) compared at {threat} (95% CI)")
+    for column in ("model", "defense", "clean", f"robust ({threat})", "training", "audit"):
+        table.add_column(column, justify="left" if column in ("model", "defense", "audit") else "right")
+    for row in summary_rows(report.data.models, headline):
+        table.add_row(
+            row.name,
+            row.defense,
+            "-" if row.clean is None else _pct(row.clean.value),
+            "-" if row.robust is None else str(row.robust).split(" (n=")[0],
+            "-" if row.training_seconds is None else f"{row.training_seconds:.1f} s",
+            row.audit or "not run",
+        )
+    console.print(table)
+    for line in verdict(report.data.models, headline):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if args.json:
+        atomic_write_json(args.json, report.data.to_dict())
+    for path in report.card_paths:
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {report.json_path}" + (f" and {args.json}" if args.json else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"report: {report.html_path}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 @contextmanager
 def _null() -> Iterator[None]:
     yield None
@@ -579,6 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": _cmd_audit,
         "defend": _cmd_defend,
         "certify": _cmd_certify,
+        "report": _cmd_report,
     }
     try:
         return commands[args.command](args, console)

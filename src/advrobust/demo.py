@@ -14,6 +14,7 @@ from advrobust.training import StepInfo
 
 DEMO_DATA = "mnist-mini"
 RESULTS_NAME = "results.json"
+REPORT_DIR = "report"
 
 
 @dataclass
@@ -25,6 +26,7 @@ class DemoOutcome:
     out: Path
     results_path: Path
     seconds: float
+    report_path: Path | None = None
 
 
 def run_demo(
@@ -37,11 +39,12 @@ def run_demo(
     steps: int = 40,
     train_progress: Callable[[StepInfo], None] | None = None,
     eval_progress: Callable[[int, int], None] | None = None,
+    report: bool = True,
 ) -> DemoOutcome:
     """Train ``small-cnn`` normally on mnist-mini (Adam, lr 2e-3, cosine schedule), then evaluate it under FGSM and PGD-``steps`` (linf).
 
     Each attack runs on every sample (no cascade) so that the table shows each one's own accuracy next to
-    the worst case over both.
+    the worst case over both. With ``report``, writes the HTML report to ``out/report/report.html``.
     """
     start = time.perf_counter()
     root = Path(out)
@@ -73,4 +76,13 @@ def run_demo(
         ),
         progress=eval_progress,
     )
-    return DemoOutcome(trained, evaluated.results, root, results_path, time.perf_counter() - start)
+    report_path = None
+    if report:
+        from advrobust.report import build_report  # late: matplotlib is only needed here
+
+        report_path = build_report(
+            [trained.path, results_path], root / REPORT_DIR, title="advrobust demo report"
+        ).html_path
+    return DemoOutcome(
+        trained, evaluated.results, root, results_path, time.perf_counter() - start, report_path
+    )

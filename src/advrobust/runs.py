@@ -331,7 +331,9 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
         )
     if settings.json_path is not None and group.is_main:
         extra = {"curve": curve.to_dict()} if curve is not None else {}
-        save_run(settings.json_path, results, meta={**meta, **extra})
+        # The labels let a report break robust accuracy down per class without reloading the data.
+        data_meta = {**meta["data"], "labels": data.labels.tolist()}
+        save_run(settings.json_path, results, meta={**meta, **extra, "data": data_meta})
     return EvalOutcome(results, curve, meta)
 
 

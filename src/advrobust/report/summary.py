@@ -1,0 +1,173 @@
+"""The at-a-glance comparison: one row per model at the headline threat, and a verdict in plain words."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from advrobust.evaluation.results import Accuracy
+from advrobust.report.data import Headline, ModelEntry, defense_label
+
+_STRONG_ATTACKS = ("apgd", "square", "fab", "cw", "bpda", "eot")
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One model's headline numbers."""
+
+    name: str
+    defense: str
+    clean: Accuracy | None
+    robust: Accuracy | None
+    training_seconds: float | None
+    attacks: str
+    audit: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "defense": self.defense,
+            "clean": self.clean.to_dict() if self.clean else None,
+            "robust": self.robust.to_dict() if self.robust else None,
+            "training_seconds": self.training_seconds,
+            "attacks": self.attacks,
+            "audit": self.audit,
+        }
+
+
+def audit_status(entry: ModelEntry, headline: Headline | None = None) -> str | None:
+    """The worst status among the model's audits (those at the headline threat when there are any)."""
+    audits = entry.audits
+    if headline is not None:
+        matching = [
+            a
+            for a in audits
+            if a.get("threat", {}).get("norm") == headline.norm
+            and a.get("threat", {}).get("eps") == headline.eps
+        ]
+        audits = matching or audits
+    statuses = [str(a.get("status")) for a in audits]
+    for status in ("fail", "warn", "pass"):
+        if status in statuses:
+            return status
+    return None
+
+
+def summary_rows(models: Sequence[ModelEntry], headline: Headline | None) -> list[SummaryRow]:
+    """A row per model: clean accuracy and robust accuracy at the headline threat, cost, attacks, audit."""
+    rows = []
+    for entry in models:
+        ev = entry.by_eps(headline.norm).get(headline.eps) if headline else None
+        evaluations = entry.evaluations()
+        clean = ev.result.clean if ev else (evaluations[0].result.clean if evaluations else None)
+        rows.append(
+            SummaryRow(
+                name=entry.name,
+                defense=defense_label(entry.card),
+                clean=clean,
+                robust=ev.result.robust if ev else None,
+                training_seconds=entry.training_seconds,
+                attacks=ev.attack_label if ev else "-",
+                audit=audit_status(entry, headline),
+            )
+        )
+    return rows
+
+
+def _named(row: SummaryRow) -> str:
+    """``name (defense)``, without repeating a defense that the name already says."""
+    return row.name if row.defense.split(" ")[0] in row.name else f"{row.name} ({row.defense})"
+
+
+def _pct(acc: Accuracy) -> str:
+    return f"{100 * acc.value:.1f}%"
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown time"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def best_row(rows: Sequence[SummaryRow]) -> SummaryRow | None:
+    """The most robust model (ties: the more accurate one clean)."""
+    scored = [r for r in rows if r.robust is not None and r.clean is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda r: (r.robust.value if r.robust else 0.0, r.clean.value if r.clean else 0.0))
+
+
+def recommended(rows: Sequence[SummaryRow]) -> SummaryRow | None:
+    """The most robust model among those whose audit did not fail (all of them when every audit failed)."""
+    return best_row([r for r in rows if r.audit != "fail"]) or best_row(rows)
+
+
+def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str]:
+    """Plain sentences: which model to use at the headline threat, what it costs, and how far to trust it."""
+    if headline is None:
+        return [
+            "No evaluation results yet: run `advrobust eval --model RUN_DIR --json results.json` and report it."
+        ]
+    rows = summary_rows(models, headline)
+    best = recommended(rows)
+    threat = f"{headline.norm} eps {headline.eps:g}"
+    if best is None or best.robust is None or best.clean is None:
+        return [f"No model was evaluated at {threat}."]
+    lines = []
+    top = best_row(rows)
+    if top is not None and top is not best and top.robust is not None:
+        lines.append(
+            f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but failed the gradient-masking "
+            "audit: do not trust that number until `advrobust eval --suite adaptive` confirms it."
+        )
+    others = [r for r in rows if r is not best and r.robust is not None and r.clean is not None]
+    if not others:
+        lines.append(
+            f"{_named(best)} keeps {_pct(best.robust)} accuracy under {threat} attacks "
+            f"(clean {_pct(best.clean)}). Add defended models to this report to compare."
+        )
+    else:
+        baseline = max(others, key=lambda r: r.clean.value if r.clean else 0.0)
+        assert baseline.clean is not None and baseline.robust is not None
+        cost = ""
+        if best.training_seconds and baseline.training_seconds:
+            ratio = best.training_seconds / baseline.training_seconds
+            cost = (
+                f" and {ratio:.1f}x the training time ({_time(best.training_seconds)} vs "
+                f"{_time(baseline.training_seconds)})"
+            )
+        delta = 100 * (best.clean.value - baseline.clean.value)
+        price = (
+            f"It costs {abs(delta):.1f} points of clean accuracy ({_pct(best.clean)} vs {_pct(baseline.clean)})"
+            if delta < 0
+            else f"It loses no clean accuracy ({_pct(best.clean)} vs {_pct(baseline.clean)})"
+        )
+        lines.append(
+            f"Use {_named(best)} against {threat} attacks: {_pct(best.robust)} robust accuracy vs "
+            f"{_pct(baseline.robust)} for {baseline.name}. {price}{cost}."
+        )
+        rivals = [r for r in others if r.audit != "fail" or best.audit == "fail"]
+        runner = best_row(rivals)
+        if (
+            runner is not None
+            and runner.robust is not None
+            and runner.robust.interval[1] >= best.robust.interval[0]
+        ):
+            lines.append(
+                f"{runner.name} is within the 95% confidence interval of {best.name} "
+                f"(n={best.robust.total}): evaluate more samples to separate them."
+            )
+    if best.audit == "fail":
+        lines.append(
+            f"Do not trust {best.name}'s number yet: its gradient-masking audit failed (see the audit section); "
+            "evaluate it with `--suite adaptive`."
+        )
+    elif best.audit is None:
+        lines.append(f"{best.name} has not been audited for gradient masking: run `advrobust audit`.")
+    if not any(a in best.attacks for a in _STRONG_ATTACKS):
+        lines.append(
+            f"{best.name} was evaluated with {best.attacks} only: `advrobust eval --suite standard` gives a "
+            "tighter (lower) robust accuracy."
+        )
+    return lines
