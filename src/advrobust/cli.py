@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--defense",
-        help="training objective: standard, pgd-at, fast-at, trades, mart or free-at (default: standard)",
+        help="training objective: standard, pgd-at, fast-at, trades, mart, free-at or gaussian-augment "
+        "(default: standard)",
     )
     train.add_argument("--epochs", type=int, help="number of epochs (default: 5)")
     train.add_argument("--batch-size", type=int, help="batch size (default: 128)")
@@ -129,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="fast-at: stop and restore the last good weights on catastrophic overfitting (default: on)",
+    )
+    adv.add_argument(
+        "--sigma",
+        type=float,
+        help="gaussian-augment: noise level, the sigma you will certify with (default: 0.25)",
     )
     adv.add_argument(
         "--ema-decay", type=float, help="keep and save an EMA of the weights, e.g. 0.999 (default: off)"

@@ -52,6 +52,7 @@ class TrainSettings(DataSettings):
     clean_weight: float | None = Field(None, ge=0, le=1)
     attack_mode: Literal["eval", "train"] | None = None
     guard: bool | None = None
+    sigma: float | None = Field(None, ge=0)
     # Trainer options.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     robust_val: int | None = Field(None, ge=0)

@@ -99,6 +99,7 @@ def build_objective(settings: TrainSettings) -> Objective:
         "clean_weight": settings.clean_weight,
         "attack_mode": settings.attack_mode,
         "guard": settings.guard,
+        "sigma": settings.sigma,
     }
     given = {k: v for k, v in options.items() if v is not None}
     known = set(objective_options(settings.defense))

@@ -78,25 +78,12 @@ def test_certify_writes_certificates(runs: Path, tmp_path: Path, capsys: pytest.
 
 def test_certify_takes_sigma_from_a_noise_trained_model(runs: Path, tmp_path: Path) -> None:
     noisy = runs / "noise"
-    code = main(["train", "--defense", "gaussian-augment", "--epochs", "1", "--out", str(noisy), "--quiet"])
-    assert code == 0
-    assert read_card(noisy).training["objective"] == {"name": "gaussian-augment", "sigma": 0.25}
+    train = ["train", "--defense", "gaussian-augment", "--sigma", "0.5", "--epochs", "1", "--quiet"]
+    assert main([*train, "--out", str(noisy)]) == 0
+    assert read_card(noisy).training["objective"] == {"name": "gaussian-augment", "sigma": 0.5}
     out = tmp_path / "cert.json"
-    code = main(
-        [
-            "certify",
-            "--model",
-            str(noisy),
-            "--n",
-            "100",
-            "--n0",
-            "10",
-            "--images",
-            "5",
-            "--json",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    assert json.loads(out.read_text())["sigma"] == 0.25
+    certify = ["certify", "--model", str(noisy), "--n", "100", "--n0", "10", "--images", "5", "--quiet"]
+    assert main([*certify, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["sigma"] == 0.5
+    # --sigma belongs to gaussian-augment only.
+    assert main(["train", "--sigma", "0.5", "--out", str(runs / "nope"), "--quiet"]) == 2
