@@ -163,5 +163,5 @@ def test_adaptive_suite_is_the_standard_recipe_adapted(trained_cnn: nn.Module, b
     x, y, strong = batch[0][:16], batch[1][:16], THREAT.with_eps(0.2)
     result = evaluate(masked, (x, y), "adaptive", threat=strong)
     naive = evaluate(masked, (x, y), "quick", threat=strong)
-    assert naive.robust.value == 1.0 and result.robust.value < 0.1
+    assert naive.robust.value > 0.8 and result.robust.value < 0.1  # random starts alone break a few
     assert result.attacks[0].name == "bpda" and result.attacks[0].fooled >= 14

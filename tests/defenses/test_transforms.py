@@ -1,4 +1,4 @@
-"""Input transforms: shape and range, the real JPEG codec, scipy references, declarations, the wrapper, cards."""
+"""Input transforms: shape and range, the JPEG codec, scipy references, declarations, the wrapper, cards."""
 
 from __future__ import annotations
 
