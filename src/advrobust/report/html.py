@@ -133,7 +133,8 @@ def _results(models: Sequence[ModelEntry]) -> str:
             by_name = {attack_label(a.name, a.params): a.accuracy for a in r.attacks}
             cells = "".join(_acc(by_name.get(n)) for n in names)
             rows.append(
-                f'<tr data-norm="{escape(str(r.threat["norm"]))}" data-eps="{float(r.threat["eps"])!r}">'
+                f'<tr data-model="{escape(entry.name)}" data-norm="{escape(str(r.threat["norm"]))}" '
+                f'data-eps="{float(r.threat["eps"])!r}">'
                 f'<td>{escape(str(r.threat["norm"]))}</td><td class="num">{float(r.threat["eps"]):g}</td>'
                 f'<td class="num">{r.n}</td>{_acc(r.clean)}{cells}{_acc(r.robust)}'
                 f'<td class="num">{_seconds(r.seconds)}</td><td>{"cascade" if r.cascade else "each on all"}</td></tr>'
@@ -180,10 +181,11 @@ def _gallery(models: Sequence[ModelEntry]) -> str:
                 f"{outcome}<br>({_pct(ex['adv_confidence'])})</div></div></div>"
             )
         first = entry.examples[0]
+        attacks = ", ".join(dict.fromkeys(str(ex["attack"]) for ex in entry.examples))
         parts.append(
-            f"<h3>{escape(entry.name)}</h3><p class='note'>{escape(str(first['attack']))} at "
-            f"{escape(str(first['norm']))} eps {first['eps']:g}, re-run on these test images; the middle image "
-            "is the perturbation, amplified (grey = 0).</p>"
+            f"<h3>{escape(entry.name)}</h3><p class='note'>{escape(str(first['norm']))} eps {first['eps']:g}: "
+            f"each test image attacked again by the attack that first broke it in the evaluation ({escape(attacks)})"
+            "; the middle image is the perturbation, amplified (grey = 0).</p>"
             f"<div class='gallery'>{''.join(cards)}</div>"
         )
     if not parts:
@@ -266,7 +268,7 @@ def _kv(rows: Sequence[tuple[str, Any]]) -> str:
 
 
 def _mono(value: Any) -> str:
-    return f'<span class="mono">{escape(str(value))}</span>' if value not in (None, "") else "-"
+    return f'<span class="mono">{escape(str(value))}</span>' if value not in (None, "", "-") else "-"
 
 
 def _provenance(models: Sequence[ModelEntry]) -> str:

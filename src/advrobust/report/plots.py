@@ -293,7 +293,7 @@ def plot_per_class(models: Sequence[ModelEntry], headline: Headline) -> Plot | N
         loc="left",
     )
     if len(rows) > 1:
-        ax.legend(frameon=False, fontsize=8, ncols=min(4, len(rows)))
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     alt = f"Robust accuracy per class at {headline.norm} eps {headline.eps:g} for " + ", ".join(data)
     return _render("per_class", fig, alt, data)
 
