@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Sequence
 from html import escape
 from importlib import resources
@@ -80,6 +81,11 @@ def _command(command: Any) -> str:
     return f"{Path(program).name} {rest}".strip()
 
 
+def _code_spans(text: str) -> str:
+    """Markdown-style `code` in already escaped text as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _swatch(k: int) -> str:
     return f'<span class="swatch" style="background:{colour(k)}"></span>'
 
@@ -101,7 +107,7 @@ def _summary(models: Sequence[ModelEntry], headline: Headline | None) -> str:
             f'<td class="num" data-value="{row.training_seconds!r}">{_seconds(row.training_seconds)}</td>'
             f"<td>{escape(row.attacks)}</td><td>{_badge(row.audit)}</td></tr>"
         )
-    lines = "".join(f"<p>{escape(line)}</p>" for line in verdict(models, headline))
+    lines = "".join(f"<p>{_code_spans(escape(line))}</p>" for line in verdict(models, headline))
     return (
         f'<section id="summary"><div class="verdict">{lines}</div>'
         f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody>'

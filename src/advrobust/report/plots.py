@@ -235,7 +235,7 @@ def plot_tradeoff(models: Sequence[ModelEntry], headline: Headline) -> Plot | No
             "size": float(dot.get_sizes()[0]),
         }
     for fraction in (0.1, 1.0):
-        ax.scatter([], [], s=40 + 560 * fraction, color="#bbbbbb", label=f"{fraction * longest:.0f} s")
+        ax.scatter([], [], s=40 + 560 * fraction, color="#bbbbbb", label=f"{fraction * longest:.2g} s")
     ax.legend(
         frameon=False,
         fontsize=8,

@@ -123,9 +123,16 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
         )
     others = [r for r in rows if r is not best and r.robust is not None and r.clean is not None]
     if not others:
+        trained = f", trained in {_time(best.training_seconds)}" if best.training_seconds else ""
+        hint = (
+            f"Train a defense (e.g. `advrobust train --defense pgd-at --norm {headline.norm} --eps {headline.eps:g}`) "
+            "and report both models to see what robustness costs."
+            if best.defense == "standard"
+            else "Report it with an undefended model to see what the defense buys and costs."
+        )
         lines.append(
             f"{_named(best)} keeps {_pct(best.robust)} accuracy under {threat} attacks "
-            f"(clean {_pct(best.clean)}). Add defended models to this report to compare."
+            f"(clean {_pct(best.clean)}{trained}). {hint}"
         )
     else:
         baseline = max(others, key=lambda r: r.clean.value if r.clean else 0.0)
