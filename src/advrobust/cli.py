@@ -28,11 +28,19 @@ EPILOG_TRAIN = """examples:
   # Fast-AT with the MNIST recipe of Wong et al. 2020 (cyclic learning rate up to 5e-3):
   advrobust train --data mnist --model small-cnn --defense fast-at --norm linf --eps 0.3 --epochs 10 --lr 5e-3 --schedule cyclic
   advrobust train --defense trades --eps 0.3 --beta 6 --steps 10 --robust-val 500 --ema-decay 0.999
+  # Defensive distillation: trains the teacher at T into runs/distilled/teacher, then the student into runs/distilled
+  advrobust train --defense distillation --temperature 100 --out runs/distilled
+  advrobust train --model small-cnn --defense robust-distillation --teacher runs/robust-teacher --eps 0.3
   advrobust train --config train.yaml --epochs 10      # flags override the YAML file
 """
 EPILOG_EVAL = """examples:
   advrobust eval --model runs/mnist-std --data mnist-mini --norm linf --eps 0.1 0.3 --attack fgsm pgd
   advrobust eval --model runs/mnist-std --data mnist --root ../data --attack pgd --steps 40 --json out.json
+  # models from outside advrobust: your code, timm, exported files, HTTP endpoints (black box)
+  advrobust eval --model my_pkg.nets:build_model --weights net.safetensors --mean 0.1307 --std 0.3081
+  advrobust eval --model model.onnx --eps 0.1                  # white-box if the conversion matches onnxruntime
+  advrobust eval --model model.onnx --access score --queries 1000    # Square through onnxruntime
+  advrobust eval --model http://127.0.0.1:8000 --queries 1000 --query-log queries.jsonl
 """
 
 
@@ -71,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--defense",
-        help="training objective: standard, pgd-at, fast-at, trades, mart, free-at or gaussian-augment "
-        "(default: standard)",
+        help="training objective: standard, pgd-at, fast-at, trades, mart, free-at, gaussian-augment, "
+        "temperature-ce, distillation or robust-distillation (default: standard)",
     )
     train.add_argument("--epochs", type=int, help="number of epochs (default: 5)")
     train.add_argument("--batch-size", type=int, help="batch size (default: 128)")
@@ -137,6 +145,23 @@ def _parser() -> argparse.ArgumentParser:
         help="gaussian-augment: noise level, the sigma you will certify with (default: 0.25)",
     )
     adv.add_argument(
+        "--temperature",
+        type=float,
+        help="distillation: softmax temperature T of teacher and student (default: 100); robust-distillation: 30",
+    )
+    adv.add_argument(
+        "--teacher",
+        metavar="RUN_DIR",
+        help="distillation, robust-distillation: the teacher's run directory; without it, distillation first "
+        "trains --model at T into --out/teacher",
+    )
+    adv.add_argument(
+        "--alpha",
+        type=float,
+        help="distillation, robust-distillation: weight of the soft-label term in [0, 1], the rest on hard-label "
+        "cross-entropy (default: 1)",
+    )
+    adv.add_argument(
         "--ema-decay", type=float, help="keep and save an EMA of the weights, e.g. 0.999 (default: off)"
     )
     adv.add_argument(
@@ -155,7 +180,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_options(ev)
-    ev.add_argument("--model", help="run directory written by `advrobust train` (required)")
+    ev.add_argument(
+        "--model",
+        help="run directory written by `advrobust train`, pkg.module:factory, timm:NAME, a .onnx or .pt2 file, "
+        "or an http(s):// endpoint (required)",
+    )
     ev.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
     ev.add_argument(
         "--n",
@@ -185,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["ce", "margin", "dlr"],
         help="attack loss: cross-entropy, CW margin or DLR (default: ce)",
     )
+    ev.add_argument(
+        "--queries",
+        type=int,
+        help="query budget per sample of black-box attacks (Square 5000, HopSkipJump 1000)",
+    )
     ev.add_argument("--batch-size", type=int, help="batch size (default: 256)")
     ev.add_argument(
         "--cascade",
@@ -201,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_source_options(ev)
     au = sub.add_parser(
         "audit",
         help="check a saved model for gradient masking (exit status 1 when a check fails)",
@@ -209,7 +244,11 @@ def _parser() -> argparse.ArgumentParser:
         "gradients are non-zero, outputs are logits, the model is deterministic.",
     )
     _data_options(au)
-    au.add_argument("--model", help="run directory written by `advrobust train` (required)")
+    au.add_argument(
+        "--model",
+        help="run directory written by `advrobust train`, pkg.module:factory, timm:NAME or a .onnx/.pt2 file "
+        "(required)",
+    )
     au.add_argument("--split", choices=["train", "test"], help="data split (default: test)")
     au.add_argument("--n", "--samples", dest="n", type=int, help="samples to audit (default: 200)")
     au.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model norm (default: linf)")
@@ -221,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--json", metavar="PATH", help="write the audit as JSON to PATH")
     au.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     au.add_argument("--quiet", action="store_true", help="no spinner")
+    _model_source_options(au)
+    _serve_parser(sub)
     _defense_parsers(sub)
     _report_parser(sub)
     return parser
@@ -285,6 +326,104 @@ def _defense_parsers(sub: Any) -> None:
     cert.add_argument("--json", metavar="PATH", help="write the certificates as JSON to PATH")
     cert.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _model_source_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models from outside advrobust (--model other than a run directory)")
+    group.add_argument(
+        "--weights", metavar="FILE", help="safetensors weights for pkg.module:factory or timm:NAME"
+    )
+    group.add_argument(
+        "--mean", type=float, nargs="+", help="per-channel mean the model expects (with --std)"
+    )
+    group.add_argument("--std", type=float, nargs="+", help="per-channel std the model expects (with --mean)")
+    group.add_argument(
+        "--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="input shape (default: the data's)"
+    )
+    group.add_argument("--num-classes", type=int, help="number of classes (default: read from the model)")
+    group.add_argument(
+        "--access",
+        choices=["white-box", "score", "decision"],
+        help="what the attacks may use: gradients, output scores (Square) or labels only (HopSkipJump) "
+        "(default: the most the model allows)",
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        default=None,
+        help="load a .pt2 file whose loading could run code (pickle, unchecked graph): only files you trust",
+    )
+    group.add_argument(
+        "--query-log", metavar="PATH", help="remote: log answers to PATH (JSONL); reruns resume"
+    )
+    group.add_argument("--timeout", type=float, help="remote: seconds to wait for an answer (default: 30)")
+    group.add_argument("--retries", type=int, help="remote: retries of a failed request (default: 3)")
+    group.add_argument("--rate-limit", type=float, help="remote: at most this many requests per second")
+
+
+EPILOG_SERVE = """examples:
+  advrobust serve runs/mnist-std --port 8000 --mode labels
+  advrobust eval --model http://127.0.0.1:8000 --data mnist-mini --eps 0.3 --queries 1000
+"""
+
+
+def _serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a local model over HTTP as a black box (scores or labels), to attack it end to end",
+        description="Answer GET /info and POST /predict (JSON or safetensors) with the model's scores or only "
+        "its labels. Prints the URL, then serves until interrupted.",
+        epilog=EPILOG_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("model", metavar="RUN_DIR", help="run directory (or pkg.module:factory, .onnx, .pt2)")
+    serve.add_argument(
+        "--mode", choices=["scores", "labels"], default="scores", help="(default: %(default)s)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=1024, help="images per request (default: %(default)s)"
+    )
+    serve.add_argument("--weights", metavar="FILE", help="safetensors weights for pkg.module:factory")
+    serve.add_argument(
+        "--mean", type=float, nargs="+", help="per-channel mean the model expects (with --std)"
+    )
+    serve.add_argument("--std", type=float, nargs="+", help="per-channel std the model expects (with --mean)")
+    serve.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="input shape")
+    serve.add_argument(
+        "--trust-pickle", action="store_true", help="load a .pt2 file whose loading could run code"
+    )
+
+
+def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from advrobust.serve import open_server
+
+    server = open_server(
+        args.model,
+        mode=args.mode,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        weights=args.weights,
+        mean=args.mean,
+        std=args.std,
+        input_shape=args.input_shape,
+        trust_pickle=args.trust_pickle,
+    )
+    console.print(
+        f"serving {args.model} ({args.mode}) at {server.url}", markup=False, highlight=False, soft_wrap=True
+    )
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -394,6 +533,13 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _objective_label(card: Any) -> str:
+    """``temperature-ce temperature=100``: the objective a card records, with its scalar options."""
+    objective = card.training.get("objective", {})
+    options = " ".join(f"{k}={v:g}" for k, v in objective.items() if isinstance(v, (int, float)))
+    return f"{objective.get('name', '?')} {options}".strip()
+
+
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from advrobust.config import TrainSettings, build_settings, read_yaml
     from advrobust.runs import train_run
@@ -404,6 +550,13 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         outcome = train_run(settings, progress=_train_progress(bar))
     if not distributed.info().is_main:
         return 0  # rank 0 prints for the whole group
+    if outcome.teacher is not None:
+        console.print(
+            f"trained the teacher ({_objective_label(outcome.teacher.card)}) and saved it to {outcome.teacher.path}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     result = outcome.result
     table = Table(title=f"{settings.model} on {outcome.card.dataset} ({settings.defense})")
     # Adversarial defenses: train acc is on the training attack's points, holdout robust under PGD.
@@ -471,6 +624,8 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
                     f"[red]warning: {attack.name} returned {attack.violations} points outside the threat model[/red]"
                 )
     console.print(table)
+    if "access_note" in first.meta:
+        console.print(f"note: {first.meta['access_note']}", markup=False, highlight=False, soft_wrap=True)
     if outcome.curve is not None:
         curve = outcome.curve
         chart = Table(title=f"Robustness curve ({curve.norm}; from {', '.join(curve.sources)})")
@@ -673,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "defend": _cmd_defend,
         "certify": _cmd_certify,
         "report": _cmd_report,
+        "serve": _cmd_serve,
     }
     try:
         return commands[args.command](args, console)

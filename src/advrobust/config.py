@@ -25,6 +25,23 @@ class DataSettings(_Settings):
     mirror: str | None = None
 
 
+class ModelSourceSettings(_Settings):
+    """A model from outside advrobust's zoo (``--model`` other than a run directory) and the access to it."""
+
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    input_shape: list[int] | None = Field(None, min_length=3, max_length=3)
+    num_classes: int | None = Field(None, ge=2)
+    access: Literal["white-box", "score", "decision"] | None = None
+    trust_pickle: bool = False
+    # Remote endpoints (http(s):// models).
+    query_log: str | None = None
+    timeout: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+    rate_limit: float | None = Field(None, gt=0)
+
+
 class TrainSettings(DataSettings):
     """``advrobust train``: build an architecture, train it with an objective, save it as a run directory."""
 
@@ -53,12 +70,16 @@ class TrainSettings(DataSettings):
     attack_mode: Literal["eval", "train"] | None = None
     guard: bool | None = None
     sigma: float | None = Field(None, ge=0)
+    # Distillation: the temperature, the weight of the soft-label term, the teacher's run directory.
+    temperature: float | None = Field(None, gt=0)
+    alpha: float | None = Field(None, ge=0, le=1)
+    teacher: str | None = None
     # Trainer options.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     robust_val: int | None = Field(None, ge=0)
 
 
-class EvalSettings(DataSettings):
+class EvalSettings(DataSettings, ModelSourceSettings):
     """``advrobust eval``: attack a saved model under a threat model and report clean and robust accuracy."""
 
     model: str
@@ -74,6 +95,7 @@ class EvalSettings(DataSettings):
     step_size: float | None = Field(None, gt=0)
     restarts: int | None = Field(None, ge=1)
     loss: Literal["ce", "margin", "dlr"] | None = None
+    queries: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
     cascade: bool = True
     seed: int = 0
@@ -150,7 +172,7 @@ def build_settings(kind: type[_Settings], config: dict[str, Any], overrides: dic
         raise ConfigError("invalid option(s): " + "; ".join(problems)) from None
 
 
-class AuditSettings(DataSettings):
+class AuditSettings(DataSettings, ModelSourceSettings):
     """``advrobust audit``: run the gradient-masking checks on a saved model."""
 
     model: str

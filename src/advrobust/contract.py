@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,10 @@ from torch import Tensor, nn
 from advrobust.errors import InputError
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+#: What an attacker may see of the model: gradients (white-box), output scores, or only the predicted label.
+Access = Literal["white-box", "score", "decision"]
+ACCESS_LEVELS: tuple[str, ...] = get_args(Access)
 
 
 def check_inputs(x: Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> None:

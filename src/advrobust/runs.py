@@ -21,6 +21,7 @@ from advrobust.config import (
     EvalSettings,
     TrainSettings,
 )
+from advrobust.contract import Access
 from advrobust.data import ImageDataset, load_dataset
 from advrobust.defenses import (
     Certification,
@@ -37,10 +38,12 @@ from advrobust.evaluation.curves import RobustnessCurve, robustness_curve
 from advrobust.evaluation.suites import build_suite
 from advrobust.fileio import atomic_write_json
 from advrobust.models import ModelCard, create_model, load_model, read_card, save_model
+from advrobust.models.external import load_external, model_kind, restrict_access
 from advrobust.models.registry import model_options
 from advrobust.provenance import environment
 from advrobust.threat import ThreatModel
 from advrobust.training import (
+    CHECKPOINT_NAME,
     Objective,
     StepInfo,
     TrainConfig,
@@ -62,6 +65,7 @@ class TrainOutcome:
     card: ModelCard
     result: TrainResult
     path: Path
+    teacher: TrainOutcome | None = None  # the teacher trained first (distillation without --teacher)
 
 
 def load_data(settings: DataSettings, split: str) -> ImageDataset:
@@ -89,8 +93,11 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def build_objective(settings: TrainSettings) -> Objective:
-    """The objective ``settings.defense`` with the options given; an option it does not have is an error."""
+def build_objective(settings: TrainSettings, *, teacher: nn.Module | None = None) -> Objective:
+    """The objective ``settings.defense`` with the options given; an option it does not have is an error.
+
+    ``teacher`` is the model loaded from ``settings.teacher`` (the distillation defenses).
+    """
     options: dict[str, Any] = {
         "steps": settings.steps,
         "step_size": settings.step_size,
@@ -100,6 +107,9 @@ def build_objective(settings: TrainSettings) -> Objective:
         "attack_mode": settings.attack_mode,
         "guard": settings.guard,
         "sigma": settings.sigma,
+        "temperature": settings.temperature,
+        "alpha": settings.alpha,
+        "teacher": teacher,
     }
     given = {k: v for k, v in options.items() if v is not None}
     known = set(objective_options(settings.defense))
@@ -139,11 +149,17 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
     c, h, w = data.input_shape
     mean, std = channel_stats(data) if settings.normalize else (None, None)
     kwargs: dict[str, Any] = {"input_size": [h, w]} if "input_size" in model_options(settings.model) else {}
+    teacher_run = _train_teacher(settings, progress) if _trains_teacher(settings) else None
+    if teacher_run is not None:
+        settings = settings.model_copy(
+            update={"teacher": str(teacher_run.path), "resume": _resumes(settings)}
+        )
+    teacher = _load_teacher(settings.teacher, data, device) if settings.teacher is not None else None
     torch.manual_seed(settings.seed)
     model = create_model(
         settings.model, num_classes=data.num_classes, in_channels=c, mean=mean, std=std, **kwargs
     ).to(device)
-    objective = build_objective(settings)
+    objective = build_objective(settings, teacher=teacher)
     config = TrainConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -176,6 +192,9 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
     if val is not None:
         metrics["clean_accuracy"] = accuracy(model, val, device=device)
         metrics["clean_accuracy_split"] = "test"
+    teacher_record: dict[str, Any] = {}
+    if settings.teacher is not None:
+        teacher_record = {"teacher": _teacher_record(settings.teacher, trained_here=teacher_run is not None)}
     card = ModelCard.from_model(
         model,
         input_shape=data.input_shape,
@@ -192,6 +211,7 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
             "weights": result.weights,
             "best_epoch": result.best_epoch,
             "stopped": result.stopped,
+            **teacher_record,
         },
         metrics=metrics,
     )
@@ -202,33 +222,97 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
             {"environment": environment(), "processes": group.world_size, **result.to_dict()},
         )
     distributed.barrier()
-    return TrainOutcome(model=model, card=read_card(out), result=result, path=out)
+    return TrainOutcome(model=model, card=read_card(out), result=result, path=out, teacher=teacher_run)
+
+
+def _trains_teacher(settings: TrainSettings) -> bool:
+    """Defensive distillation without --teacher trains its teacher first, in the same command."""
+    return settings.defense == "distillation" and settings.teacher is None
+
+
+def _resumes(settings: TrainSettings) -> bool:
+    # A two-stage run resumes each stage that has a checkpoint: it may have stopped in either.
+    return settings.resume and (Path(settings.out) / CHECKPOINT_NAME).is_file()
+
+
+def _train_teacher(settings: TrainSettings, progress: Callable[[StepInfo], None] | None) -> TrainOutcome:
+    """Defensive distillation's first stage: ``settings.model`` trained with temperature-ce at the same
+    temperature, epochs and seed, saved as the run directory ``settings.out/teacher``."""
+    stage = settings.model_copy(
+        update={"defense": "temperature-ce", "out": str(Path(settings.out) / "teacher"), "alpha": None}
+    )
+    return train_run(stage.model_copy(update={"resume": _resumes(stage)}), progress=progress)
+
+
+def _load_teacher(path: str, data: ImageDataset, device: torch.device) -> nn.Module:
+    """The teacher saved in the run directory ``path``, checked against the data the student trains on."""
+    card = read_card(path)
+    if tuple(card.input_shape) != tuple(data.input_shape) or card.num_classes != data.num_classes:
+        raise ConfigError(
+            f"the teacher {path} takes {tuple(card.input_shape)} inputs with {card.num_classes} classes but "
+            f"{data.name} has {data.input_shape} and {data.num_classes}: distill on the teacher's data"
+        )
+    teacher = load_model(path, device=device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _teacher_record(path: str, *, trained_here: bool) -> dict[str, Any]:
+    """What the student's card says of its teacher: where it is, the checksum of its weights, how it trained."""
+    card = read_card(path)
+    objective = card.training.get("objective")
+    return {
+        "path": path,
+        "weights_sha256": card.weights_sha256,
+        "arch": card.arch,
+        "objective": objective if isinstance(objective, dict) else None,
+        "trained_here": trained_here,
+    }
+
+
+#: The attack a black-box evaluation runs when none is named.
+BLACK_BOX_ATTACKS = {"score": "square", "decision": "hopskipjump"}
 
 
 def build_attacks(
-    settings: EvalSettings, threat: ThreatModel, model: nn.Module | None = None
+    settings: EvalSettings,
+    threat: ThreatModel,
+    model: nn.Module | None = None,
+    *,
+    access: Access = "white-box",
 ) -> list[Attack]:
     """The attacks named in ``settings``, each given the options it has; an option no attack has is an error.
 
-    ``model`` is what the ``adaptive`` suite adapts to.
+    ``model`` is what the ``adaptive`` suite adapts to. Without named attacks, black-box ``access`` runs
+    Square (score) or HopSkipJump (decision).
     """
     options = {
         "steps": settings.steps,
         "step_size": settings.step_size,
         "restarts": settings.restarts,
         "loss": settings.loss,
+        "queries": settings.queries,
     }
     given = {k for k, v in options.items() if v is not None}
     used: set[str] = set()
     attacks = []
     if settings.suite is not None:
+        if access != "white-box":
+            raise ConfigError(
+                f"--suite {settings.suite} needs white-box access, not {access}: drop it to run "
+                f"{BLACK_BOX_ATTACKS[access]}, or name gradient-free attacks with --attack"
+            )
         if given:
             flags = ", ".join("--" + u.replace("_", "-") for u in sorted(given))
             raise ConfigError(
                 f"{flags} cannot change a suite's fixed recipe: drop it, or name attacks with --attack"
             )
         return build_suite(settings.suite, threat, model=model)
-    for name in settings.attack_names:
+    names = settings.attack_names
+    if settings.attack is None and access != "white-box":
+        names = [BLACK_BOX_ATTACKS[access]]
+    for name in names:
         fields = {f.name for f in dataclasses.fields(attack_class(name))}
         mine = {k: v for k, v in options.items() if k in fields and v is not None}
         used |= set(mine)
@@ -254,10 +338,32 @@ class EvalOutcome:
 def load_model_and_data(
     settings: EvalSettings | AuditSettings,
 ) -> tuple[nn.Module, ImageDataset, dict[str, Any]]:
-    """The saved model and the matching data (first ``n`` samples), with their provenance."""
+    """The saved model and the matching data (first ``n`` samples), with their provenance.
+
+    A ``settings.model`` that is not a run directory (``pkg.module:factory``, ``timm:NAME``, ``.onnx``,
+    ``.pt2``, ``http(s)://``) goes through ``load_external``; ``meta["access"]`` is the access granted.
+    """
     device = _device(settings.device)
+    if model_kind(settings.model) != "run":
+        return _load_external_and_data(settings, device)
+    extra = [
+        flag
+        for flag, value in (
+            ("--weights", settings.weights),
+            ("--mean/--std", settings.mean or settings.std),
+            ("--input-shape", settings.input_shape),
+            ("--num-classes", settings.num_classes),
+        )
+        if value
+    ]
+    if extra:
+        raise ConfigError(
+            f"{', '.join(extra)} describe models from outside advrobust; {settings.model} is a run directory "
+            "whose card says all that: drop them"
+        )
+    access: Access = settings.access or "white-box"
     card = read_card(settings.model)
-    model = load_model(settings.model, device=device)
+    model = restrict_access(load_model(settings.model, device=device), access)
     data = load_data(settings, settings.split)
     if settings.n is not None:
         data = data.take(settings.n)
@@ -273,10 +379,56 @@ def load_model_and_data(
     meta = {
         "processes": distributed.info().world_size,
         "model": {"path": str(settings.model), "arch": card.arch, "weights_sha256": card.weights_sha256},
+        "access": access,
         "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
         "environment": environment(),
     }
     return model, data, meta
+
+
+def _load_external_and_data(
+    settings: EvalSettings | AuditSettings, device: torch.device
+) -> tuple[nn.Module, ImageDataset, dict[str, Any]]:
+    data = load_data(settings, settings.split)
+    if settings.n is not None:
+        data = data.take(settings.n)
+    remote = model_kind(settings.model) == "remote"
+    external = load_external(
+        settings.model,
+        access=settings.access,
+        weights=settings.weights,
+        mean=settings.mean,
+        std=settings.std,
+        # A remote endpoint says what it takes; the shape of the data would hide a mismatch.
+        input_shape=settings.input_shape or (None if remote else data.input_shape),
+        num_classes=settings.num_classes,
+        trust_pickle=settings.trust_pickle,
+        probe=data.take(min(64, len(data))).images.float().div_(255),
+        remote_options={
+            "query_log": settings.query_log,
+            "timeout": settings.timeout,
+            "retries": settings.retries,
+            "rate_limit": settings.rate_limit,
+        },
+    )
+    if external.input_shape is not None and tuple(external.input_shape) != tuple(data.input_shape):
+        raise ConfigError(
+            f"the model takes inputs of shape {tuple(external.input_shape)} but {data.name} has "
+            f"{data.input_shape}: evaluate on the data set the model was made for"
+        )
+    if external.num_classes is not None and external.num_classes != data.num_classes:
+        raise ConfigError(
+            f"the model has {external.num_classes} classes but {data.name} has {data.num_classes}: "
+            "use matching data"
+        )
+    meta = {
+        "processes": distributed.info().world_size,
+        "model": external.info,
+        "access": external.access,
+        "data": {"name": data.name, "split": settings.split, "n": len(data), "source": data.source},
+        "environment": environment(),
+    }
+    return external.model.to(device), data, meta
 
 
 def _tensors(data: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,10 +451,15 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
     device = distributed.local_device(_device(settings.device))
     group = distributed.init_from_env(device)
     model, data, meta = load_model_and_data(settings)
+    access: Access = meta["access"]
+    if settings.curve and access != "white-box":
+        raise ConfigError(
+            f"--curve runs gradient attacks, which {access} access does not allow: drop --curve"
+        )
     results = []
     for eps in settings.eps:
         threat = ThreatModel(norm=settings.norm, eps=eps)
-        attacks = build_attacks(settings, threat, model=model)
+        attacks = build_attacks(settings, threat, model=model, access=access)
         results.append(
             evaluate(
                 model,
@@ -315,6 +472,7 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
                 progress=progress,
                 meta=meta,
                 state_path=_state_path(settings.state, eps, len(settings.eps)),
+                access=access,
             )
         )
     curve = None
@@ -342,6 +500,11 @@ def audit_run(settings: AuditSettings) -> AuditReport:
     """Run the gradient-masking audit on a saved model; write ``settings.json_path`` when given."""
     device = _device(settings.device)
     model, data, meta = load_model_and_data(settings)
+    if meta["access"] != "white-box":
+        raise ConfigError(
+            f"the audit checks gradients, which {meta['access']} access does not give: audit a white-box copy of "
+            "the model; a black-box number from advrobust eval is only an upper bound on robust accuracy"
+        )
     x, y = _tensors(data, device)
     report = audit(
         model,

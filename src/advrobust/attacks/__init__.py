@@ -16,6 +16,7 @@ from advrobust.attacks.cw import CW
 from advrobust.attacks.deepfool import DeepFool
 from advrobust.attacks.fab import FAB
 from advrobust.attacks.fgsm import FGSM
+from advrobust.attacks.hopskipjump import HopSkipJump
 from advrobust.attacks.losses import LossName, attack_loss, dlr, dlr_targeted, is_adversarial, margin
 from advrobust.attacks.noise import RandomNoise
 from advrobust.attacks.pgd import PGD
@@ -31,6 +32,7 @@ __all__ = [
     "PGD",
     "Attack",
     "DeepFool",
+    "HopSkipJump",
     "LossName",
     "RandomNoise",
     "Square",

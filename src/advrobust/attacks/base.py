@@ -35,6 +35,8 @@ class Attack(ABC):
     name: ClassVar[str] = "attack"
     #: True for attacks that only query the model's outputs (black-box).
     gradient_free: ClassVar[bool] = False
+    #: True for attacks that only need the predicted label (decision-based black-box).
+    labels_only: ClassVar[bool] = False
 
     def __call__(
         self,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from advrobust import distributed
 from advrobust.attacks.base import Attack
-from advrobust.contract import check_inputs, check_labels, check_outputs, eval_mode
+from advrobust.contract import ACCESS_LEVELS, Access, check_inputs, check_labels, check_outputs, eval_mode
 from advrobust.errors import ConfigError, DataError, InputError
 from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
 from advrobust.fileio import atomic_write_json
@@ -24,6 +24,10 @@ from advrobust.threat import ThreatModel
 Batches = Iterable[tuple[Tensor, Tensor]]
 ProgressFn = Callable[[int, int], None]
 STATE_FORMAT = "advrobust.eval-state/1"
+BLACK_BOX_NOTE = (
+    "black-box ({access}) evaluation: only gradient-free attacks ran, so robust accuracy is an upper bound; "
+    "a white-box evaluation of the same model can only find it lower"
+)
 
 
 def _batches(data: Any, batch_size: int, device: torch.device) -> tuple[Batches, int]:
@@ -169,6 +173,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     meta: dict[str, Any] | None = None,
     state_path: str | Path | None = None,
+    access: Access = "white-box",
 ) -> EvalResult:
     """Clean accuracy and robust accuracy (worst case over ``attacks`` per sample) of ``model`` on ``data``.
 
@@ -177,7 +182,9 @@ def evaluate(
     attack failed to break (same robust accuracy, lower cost); without it each attack runs on every
     clean-correct sample and its own accuracy is reported. Each (batch, attack) pair draws from its own
     generator seeded from ``seed``, so a seed and batch size reproduce the result. With ``state_path`` the
-    finished batches are saved after each batch (atomically) and a rerun resumes after them.
+    finished batches are saved after each batch (atomically) and a rerun resumes after them. ``access`` is
+    what the attacks may use of the model (``score``: gradient-free attacks; ``decision``: label-only ones);
+    the result's meta records it, with a note for black-box access that robust accuracy is an upper bound.
     Shape: data yields x (B, C, H, W) floats in threat.bounds and y (B,) int64.
     """
     if isinstance(attacks, str):
@@ -188,6 +195,7 @@ def evaluate(
         attacks = build_suite(attacks, threat, model=model)
     if not attacks:
         raise ConfigError("no attacks given: pass at least one, e.g. [PGD(threat=ThreatModel(eps=0.3))]")
+    _check_access(attacks, access)
     threat = threat or attacks[0].threat
     for attack in attacks:
         if attack.threat != threat:
@@ -253,9 +261,29 @@ def evaluate(
         cascade=cascade,
         confidence=confidence,
         seconds=seconds,
-        meta=meta,
+        meta={**(meta or {}), **_access_meta(access)},
         resumed=resumed,
     )
+
+
+def _check_access(attacks: Sequence[Attack], access: Access) -> None:
+    if access not in ACCESS_LEVELS:
+        raise ConfigError(f"unknown access {access!r}: choose one of {', '.join(ACCESS_LEVELS)}")
+    for attack in attacks:
+        if access == "score" and not attack.gradient_free:
+            raise ConfigError(
+                f"{attack.name} needs gradients but the access is score-based: use square (or hopskipjump)"
+            )
+        if access == "decision" and not attack.labels_only:
+            raise ConfigError(
+                f"{attack.name} needs more than labels but the access is decision-based: use hopskipjump"
+            )
+
+
+def _access_meta(access: Access) -> dict[str, Any]:
+    if access == "white-box":
+        return {"access": access}
+    return {"access": access, "upper_bound": True, "access_note": BLACK_BOX_NOTE.format(access=access)}
 
 
 def _probe(model: nn.Module, x: Tensor) -> Tensor:
