@@ -1,9 +1,21 @@
 """Defenses that wrap a model: input transformations (evaluate them with BPDA / EOT) and randomized
-smoothing with certificates. Importing this package registers the ``gaussian-augment`` training objective.
+smoothing with certificates; distillation (defensive, and robust from an adversarially trained teacher).
+Importing this package registers the ``gaussian-augment``, ``temperature-ce``, ``distillation`` and
+``robust-distillation`` training objectives.
 """
 
 from __future__ import annotations
 
+from advrobust.defenses.distillation import (
+    Distillation,
+    Distilled,
+    RobustDistillation,
+    TemperatureCE,
+    describe_teacher,
+    distill,
+    fresh_copy,
+    soft_labels,
+)
 from advrobust.defenses.smoothing import (
     Certification,
     GaussianAugment,
@@ -40,14 +52,18 @@ __all__ = [
     "JPEG",
     "BitDepth",
     "Certification",
+    "Distillation",
+    "Distilled",
     "GaussianAugment",
     "GaussianBlur",
     "GaussianNoise",
     "InputTransformDefense",
     "MedianFilter",
     "RandomResizePad",
+    "RobustDistillation",
     "SmoothedClassifier",
     "TVMinimization",
+    "TemperatureCE",
     "Transform",
     "beta_quantile",
     "betainc",
@@ -57,9 +73,13 @@ __all__ = [
     "clopper_pearson_lower",
     "create_transform",
     "defense_from_spec",
+    "describe_teacher",
+    "distill",
+    "fresh_copy",
     "list_transforms",
     "parse_transform",
     "register_transform",
     "save_defense",
+    "soft_labels",
     "straight_through",
 ]
