@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +60,13 @@ class ModelServer(ThreadingHTTPServer):
         values = max_batch * int(torch.tensor(self.input_shape).prod())
         self.max_body = values * _JSON_BYTES_PER_VALUE + 4096
         super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (its timeout) closed the socket: not an error of the server.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            _log.debug("client %s went away before its answer", client_address)
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
