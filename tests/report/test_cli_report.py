@@ -1,4 +1,4 @@
-"""`advrobust report` and the demo's report."""
+"""`advrobust report`: files written, the comparison printed, one-line errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from advrobust.cli import main
-from advrobust.demo import run_demo
 
 
 def test_report_command_writes_html_json_and_cards(
@@ -65,13 +64,3 @@ def test_report_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["report", str(tmp_path / "nothing.json"), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("advrobust report: error: no file at") and "\n" not in err
-
-
-def test_demo_ends_by_writing_its_report(tmp_path: Path) -> None:
-    outcome = run_demo(tmp_path / "demo", epochs=1, eps=(0.1, 0.3), steps=3)
-    assert outcome.report_path == tmp_path / "demo" / "report" / "report.html"
-    text = outcome.report_path.read_text(encoding="utf-8")
-    assert "advrobust demo report" in text and "compared at linf eps 0.3" in text
-    report = json.loads((outcome.report_path.parent / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["standard"]
-    assert len(report["models"][0]["examples"]) == 6

@@ -220,12 +220,13 @@ def plot_tradeoff(models: Sequence[ModelEntry], headline: Headline) -> Plot | No
         ax.annotate(
             entry.name,
             (clean.value, robust.value),
-            xytext=(-8, dy),
+            xytext=(-(size**0.5) / 2 - 3, dy),
             textcoords="offset points",
             ha="right",
             fontsize=9,
             color=colour(k),
             fontweight="bold",
+            zorder=5,
         )
         (x, y) = np.asarray(dot.get_offsets())[0]
         data[entry.name] = {

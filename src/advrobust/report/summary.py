@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from advrobust.evaluation.results import Accuracy
-from advrobust.report.data import Headline, ModelEntry, defense_label
+from advrobust.report.data import Headline, ModelEntry, attack_label, defense_label
 
 _STRONG_ATTACKS = ("apgd", "square", "fab", "cw", "bpda", "eot")
 
@@ -103,6 +103,31 @@ def recommended(rows: Sequence[SummaryRow]) -> SummaryRow | None:
     return best_row([r for r in rows if r.audit != "fail"]) or best_row(rows)
 
 
+def _masking_lines(models: Sequence[ModelEntry], headline: Headline) -> list[str]:
+    """Models that a non-adaptive attack overrates by 15 points or more where BPDA/EOT was run."""
+    lines = []
+    for entry in models:
+        ev = entry.by_eps(headline.norm).get(headline.eps)
+        if ev is None:
+            continue
+        result = ev.result
+        own = result.attacks if not result.cascade else result.attacks[:1]
+        labels = [attack_label(a.name, a.params) for a in result.attacks]
+        naive = [
+            (a, label) for a, label in zip(own, labels, strict=False) if not label.startswith(("bpda", "eot"))
+        ]
+        if not naive or not any(label.startswith(("bpda", "eot")) for label in labels):
+            continue
+        attack, label = max(naive, key=lambda pair: pair[0].accuracy.value)
+        if attack.accuracy.value - result.robust.value >= 0.15:
+            lines.append(
+                f"{entry.name} looks robust to {label} ({_pct(attack.accuracy)}) but adaptive attacks (BPDA/EOT) "
+                f"bring it to {_pct(result.robust)}: its defense hides gradients rather than removing "
+                "adversarial examples."
+            )
+    return lines
+
+
 def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str]:
     """Plain sentences: which model to use at the headline threat, what it costs, and how far to trust it."""
     if headline is None:
@@ -137,14 +162,14 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
     else:
         baseline = max(others, key=lambda r: r.clean.value if r.clean else 0.0)
         assert baseline.clean is not None and baseline.robust is not None
+        delta = 100 * (best.clean.value - baseline.clean.value)
         cost = ""
         if best.training_seconds and baseline.training_seconds:
             ratio = best.training_seconds / baseline.training_seconds
             cost = (
-                f" and {ratio:.1f}x the training time ({_time(best.training_seconds)} vs "
-                f"{_time(baseline.training_seconds)})"
+                f" and {'' if delta < 0 else 'takes '}{ratio:.1f}x the training time "
+                f"({_time(best.training_seconds)} vs {_time(baseline.training_seconds)})"
             )
-        delta = 100 * (best.clean.value - baseline.clean.value)
         price = (
             f"It costs {abs(delta):.1f} points of clean accuracy ({_pct(best.clean)} vs {_pct(baseline.clean)})"
             if delta < 0
@@ -165,6 +190,7 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
                 f"{runner.name} is within the 95% confidence interval of {best.name} "
                 f"(n={best.robust.total}): evaluate more samples to separate them."
             )
+    lines += _masking_lines(models, headline)
     if best.audit == "fail":
         lines.append(
             f"Do not trust {best.name}'s number yet: its gradient-masking audit failed (see the audit section); "
