@@ -47,7 +47,11 @@ def robustness_card(entry: ModelEntry, headline: Headline | None = None) -> str:
                 if headline and (r.threat["norm"], float(r.threat["eps"])) == (headline.norm, headline.eps)
                 else ""
             )
-            attacks = " + ".join(attack_label(a.name, a.params) for a in r.attacks)
+            # Each attack's own accuracy when each ran on every sample; in a cascade only the worst case is own.
+            attacks = ", ".join(
+                attack_label(a.name, a.params) + ("" if r.cascade else f" {100 * a.accuracy.value:.1f}%")
+                for a in r.attacks
+            )
             lines.append(
                 f"| {r.threat['norm']} | {float(r.threat['eps']):g}{mark} | {_acc(r.clean)} | {_acc(r.robust)} | "
                 f"{attacks} |"
