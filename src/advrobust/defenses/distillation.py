@@ -80,8 +80,10 @@ def _check_teacher(name: str, teacher: object) -> None:
 @torch.no_grad()
 def soft_labels(teacher: nn.Module, x: Tensor, temperature: float) -> Tensor:
     """The teacher's softmax at ``temperature``, in eval mode and without gradients. Shape: (N, ...) -> (N, K)."""
-    # The teacher follows the student's device (the trainer moves only the student); a no-op once it is there.
-    teacher.to(x.device)
+    # The teacher follows the student's device: the trainer moves only the student.
+    first = next(teacher.parameters(), None)
+    if first is not None and first.device != x.device:
+        teacher.to(x.device)
     with eval_mode(teacher):
         return F.softmax(teacher(x).float() / temperature, dim=1)
 
