@@ -264,3 +264,22 @@ def test_plausible_but_wrong_safetensors_are_a_model_file_error(saved_run: Path)
         _load_error(saved_run)
 
     check()
+
+
+def test_saving_the_same_weights_gives_the_same_checksum(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from advrobust.models import ModelCard, create_model, save_model\n"
+        "torch.manual_seed(0)\n"
+        "m = create_model('small-cnn')\n"
+        "save_model(m, sys.argv[1], ModelCard.from_model(m, input_shape=(1, 28, 28)))\n"
+    )
+    digests = set()
+    for i in range(3):  # separate processes: hash-map ordering differs between them
+        out = tmp_path / f"run{i}"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=120)
+        digests.add((out / "model.safetensors").read_bytes())
+    assert len(digests) == 1

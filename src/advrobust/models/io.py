@@ -111,7 +111,9 @@ def save_model(model: nn.Module, path: PathLike, card: ModelCard) -> Path:
         )
     # Contiguous copies on CPU: safetensors refuses shared (tied) storage and non-contiguous tensors.
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-    data = safetensors.torch.save(tensors, metadata={"format": "pt", "arch": card.arch})
+    # One metadata key only: safetensors writes a metadata map in arbitrary order, which would make the
+    # file's checksum (the card's weights_sha256) differ between saves of the same weights.
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
     card = replace(card, weights_sha256=hashlib.sha256(data).hexdigest())
     # Weights first, card last: a crash in between leaves a checksum mismatch, never a silently wrong model.
     atomic_write_bytes(folder / WEIGHTS_NAME, data)
