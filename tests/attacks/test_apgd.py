@@ -173,7 +173,7 @@ def test_eot_averages_over_draws(trained_cnn: nn.Module, batch: Batch) -> None:
 
 
 def test_samples_fooled_at_x_come_back_unchanged(trained_cnn: nn.Module, batch: Batch) -> None:
-    x, y = batch[0][:50], batch[1][:50]
+    x = batch[0][:50]
     with torch.no_grad():
         wrong = (trained_cnn(x).argmax(1) + 1) % 10  # labels no prediction matches: all "misclassified"
     counting = Counting(trained_cnn)
