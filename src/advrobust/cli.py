@@ -526,7 +526,30 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             f"{sum(a.seconds for a in result.attacks):.1f} s",
         )
     console.print(table)
-    console.print(f"model: {trained.path}   results: {outcome.results_path}")
+    if outcome.defenses:
+        from advrobust.demo import DEFENSE_EPS, DEFENSE_SAMPLES
+
+        defenses = Table(
+            title=f"Defenses at linf eps {DEFENSE_EPS:g} ({DEFENSE_SAMPLES} test images): "
+            "what a naive attack reports vs the adaptive attack"
+        )
+        for column in ("model", "defense", "clean", "naive PGD-40", "adaptive (worst case)", "train time"):
+            defenses.add_column(column, justify="left" if column in ("model", "defense") else "right")
+        for row in outcome.defenses:
+            defenses.add_row(
+                row.name,
+                row.description,
+                _pct(row.result.clean.value),
+                _pct(row.naive),
+                _pct(row.adaptive),
+                f"{row.train_seconds:.0f} s",
+            )
+        console.print(defenses)
+        console.print(
+            "adaptive = worst case over PGD-40, APGD-CE and APGD-DLR, with BPDA through non-differentiable "
+            "transforms: the number to trust"
+        )
+    console.print(f"models: {outcome.out}   results: {outcome.results_path}")
     console.print(f"total time: {outcome.seconds:.0f} s")
     if outcome.report_path is not None:
         console.print(f"report: {outcome.report_path}", markup=False, highlight=False, soft_wrap=True)
