@@ -21,7 +21,7 @@ def test_demo_shows_the_tradeoff_and_the_naive_vs_adaptive_gap(tmp_path: Path) -
         env={**os.environ, "COLUMNS": "160"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Robust accuracy under linf attacks" in done.stdout and "naive PGD-40" in done.stdout
+    assert "Robust accuracy under linf attacks" in done.stdout and "naive PGD" in done.stdout
 
     by_eps = {r.threat["eps"]: r for r in load_results(out / "results.json")}
     assert by_eps[0.1].clean.value >= 0.95  # a normally trained model is accurate...

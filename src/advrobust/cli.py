@@ -529,11 +529,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     if outcome.defenses:
         from advrobust.demo import DEFENSE_EPS, DEFENSE_SAMPLES
 
-        defenses = Table(
-            title=f"Defenses at linf eps {DEFENSE_EPS:g} ({DEFENSE_SAMPLES} test images): "
-            "what a naive attack reports vs the adaptive attack"
-        )
-        for column in ("model", "defense", "clean", "naive PGD-40", "adaptive (worst case)", "train time"):
+        defenses = Table(title=f"Defenses at linf eps {DEFENSE_EPS:g} ({DEFENSE_SAMPLES} test images)")
+        for column in ("model", "defense", "clean", "naive PGD", "adaptive", "train time"):
             defenses.add_column(column, justify="left" if column in ("model", "defense") else "right")
         for row in outcome.defenses:
             defenses.add_row(
@@ -545,10 +542,11 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
                 f"{row.train_seconds:.0f} s",
             )
         console.print(defenses)
+        console.print("naive PGD: plain PGD-40, what a careless evaluation would report.")
         console.print(
-            "adaptive = worst case over PGD-40, APGD-CE and APGD-DLR, with BPDA through non-differentiable "
-            "transforms: the number to trust"
+            "adaptive: worst case over PGD-40, APGD-CE, APGD-DLR, with BPDA through non-differentiable"
         )
+        console.print("transforms: the number to trust.")
     console.print(f"models: {outcome.out}   results: {outcome.results_path}")
     console.print(f"total time: {outcome.seconds:.0f} s")
     if outcome.report_path is not None:

@@ -128,10 +128,10 @@ def run_demo(
         DefendSettings(model=str(trained.path), transform=list(TRANSFORMS), out=str(root / "jpeg-bitdepth"))
     )
     rows = [
-        _compare("standard", "normal training", trained.path, trained.result.seconds, seed, eval_progress),
+        _compare("standard", "none", trained.path, trained.result.seconds, seed, eval_progress),
         _compare(
             "fast-at",
-            f"Fast-AT, linf eps {DEFENSE_EPS:g}",
+            f"Fast-AT {DEFENSE_EPS:g}",
             robust.path,
             robust.result.seconds,
             seed,
@@ -139,7 +139,7 @@ def run_demo(
         ),
         _compare(
             "jpeg-bitdepth",
-            "standard + JPEG 75 + 4-bit input",
+            "JPEG-75 + 4-bit",
             defended.path,
             trained.result.seconds,
             seed,
