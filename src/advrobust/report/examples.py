@@ -21,7 +21,7 @@ from advrobust.report.data import CARD_NAME, Evaluation, Headline, ModelEntry, a
 from advrobust.threat import ThreatModel
 
 log = logging.getLogger(__name__)
-_TRIES = 3
+_TRIES = 2
 
 
 def load_eval_data(meta: dict[str, Any]) -> ImageDataset | None:
@@ -109,6 +109,31 @@ def _choose(ev: Evaluation, count: int) -> list[int]:
     return chosen
 
 
+def _attack_one(
+    model: nn.Module, x: Tensor, y: Tensor, ev: Evaluation, i: int, threat: ThreatModel
+) -> tuple[Tensor, Tensor, Tensor, str]:
+    """Attack image ``i`` again: first with the attack that broke it, then the others, a few seeds each.
+
+    One image cannot replay the random draws of its batch, so a borderline one may need another try.
+    Returns x_adv, the predictions and confidences on (x, x_adv), and the attack's label.
+    """
+    attacks = ev.result.attacks
+    first = ev.result.broken_by[i]
+    order = [first, *(k for k in range(len(attacks)) if k != first)] if first >= 0 else [len(attacks) - 1]
+    tries = _TRIES if first >= 0 else 1
+    for k in order:
+        attack, label = _attack(attacks[k], threat)
+        for attempt in range(tries):
+            generator = torch.Generator(device=x.device).manual_seed(ev.result.seed + i + 1000 * attempt)
+            x_adv = attack(model, x, y, generator=generator).detach()
+            with torch.no_grad():
+                probs = torch.softmax(model(torch.cat([x, x_adv])).float(), dim=1)
+            conf, pred = probs.max(dim=1)
+            if pred[1] != y[0]:
+                return x_adv, pred, conf, label
+    return x_adv, pred, conf, label
+
+
 def make_examples(
     entry: ModelEntry,
     headline: Headline,
@@ -143,19 +168,9 @@ def make_examples(
     classes = entry.classes or list(data.classes)
     examples = []
     for i in chosen:
-        which = ev.result.broken_by[i] if ev.result.broken_by[i] >= 0 else len(ev.result.attacks) - 1
-        attack, label = _attack(ev.result.attacks[which], threat)
         x = data.images[i : i + 1].to(device).float().div(255)
         y = data.labels[i : i + 1].to(device)
-        # A single image cannot replay its batch's random draws: a broken one gets a few seeds to break again.
-        for attempt in range(_TRIES if ev.result.broken_by[i] >= 0 else 1):
-            generator = torch.Generator(device=device).manual_seed(ev.result.seed + i + 1000 * attempt)
-            x_adv = attack(model, x, y, generator=generator).detach()
-            with torch.no_grad():
-                probs = torch.softmax(model(torch.cat([x, x_adv])).float(), dim=1)
-            conf, pred = probs.max(dim=1)
-            if pred[1] != y[0]:
-                break
+        x_adv, pred, conf, label = _attack_one(model, x, y, ev, i, threat)
         delta = (x_adv - x)[0]
         scale = float(delta.abs().max())
         shown = 0.5 + 0.5 * delta / scale if scale > 0 else torch.full_like(delta, 0.5)
