@@ -121,6 +121,7 @@ def _attack_one(
     first = ev.result.broken_by[i]
     order = [first, *(k for k in range(len(attacks)) if k != first)] if first >= 0 else [len(attacks) - 1]
     tries = _TRIES if first >= 0 else 1
+    fallback: tuple[Tensor, Tensor, Tensor, str] | None = None
     for k in order:
         attack, label = _attack(attacks[k], threat)
         for attempt in range(tries):
@@ -131,7 +132,10 @@ def _attack_one(
             conf, pred = probs.max(dim=1)
             if pred[1] != y[0]:
                 return x_adv, pred, conf, label
-    return x_adv, pred, conf, label
+            fallback = fallback or (x_adv, pred, conf, label)
+    assert fallback is not None  # order is never empty
+    # Nothing broke it this time: show what the attack that broke it in the evaluation finds now.
+    return fallback
 
 
 def make_examples(
