@@ -851,14 +851,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _cmd_report,
         "serve": _cmd_serve,
     }
+    finished = False
     try:
-        return commands[args.command](args, console)
+        status = commands[args.command](args, console)
+        finished = True
+        return status
     except AdvrobustError as exc:
         errors.print(f"advrobust {args.command}: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted", markup=False)
         return 130
+    finally:
+        distributed.shutdown(wait=finished)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,15 @@ def barrier() -> None:
     """Wait for every rank (no-op without a group)."""
     if info().enabled:
         dist.barrier()
+
+
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the process group cleanly; no-op without one. With ``wait`` every rank first waits for the
+    others (pass False after an error, when the others may never arrive).
+
+    Exiting with a live gloo group can abort the process ("terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        if wait and info().enabled:
+            dist.barrier()
+        dist.destroy_process_group()
