@@ -140,3 +140,27 @@ def check_number(
 def check_attack_mode(value: object) -> None:
     if value not in ATTACK_MODES:
         raise ConfigError(f"attack_mode must be 'eval' or 'train', got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegularizedObjective(AdversarialObjective):
+    """Base of TRADES and MART: a robustness term weighted by ``beta``, its x' found by ``steps`` of
+    ``step_size`` (default eps / 4) in the model mode ``attack_mode``."""
+
+    beta: float = 6.0
+    steps: int = 10
+    step_size: float | None = None
+    attack_mode: AttackMode = "eval"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("beta", self.beta, strict=False)
+        check_int("steps", self.steps)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size)
+        check_attack_mode(self.attack_mode)
+
+    @property
+    def alpha(self) -> float:
+        """The step size actually used."""
+        return self.step_size if self.step_size is not None else self.threat.eps / 4

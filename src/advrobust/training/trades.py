@@ -9,13 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advrobust.training.adversarial import (
-    AdversarialObjective,
-    AttackMode,
+    RegularizedObjective,
     ascend,
     attack_context,
-    check_attack_mode,
-    check_int,
-    check_number,
     kl_from,
     small_gaussian_start,
 )
@@ -24,7 +20,7 @@ from advrobust.training.objectives import register_objective
 
 @register_objective("trades")
 @dataclass(frozen=True, kw_only=True)
-class TRADES(AdversarialObjective):
+class TRADES(RegularizedObjective):
     """TRADES (Zhang et al., 2019, arXiv:1901.08573): CE(f(x), y) + beta * KL(f(x) || f(x')).
 
     x' maximises the KL by ``steps`` signed-gradient steps from x + 0.001 * N(0, 1), in the model mode
@@ -34,24 +30,6 @@ class TRADES(AdversarialObjective):
     As in the reference code, the KL's clean target is not detached.
     Shape: x (N, C, H, W) in threat.bounds, y (N,) -> (loss, adversarial logits (N, K)).
     """
-
-    beta: float = 6.0
-    steps: int = 10
-    step_size: float | None = None
-    attack_mode: AttackMode = "eval"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("beta", self.beta, strict=False)
-        check_int("steps", self.steps)
-        if self.step_size is not None:
-            check_number("step_size", self.step_size)
-        check_attack_mode(self.attack_mode)
-
-    @property
-    def alpha(self) -> float:
-        """The step size actually used."""
-        return self.step_size if self.step_size is not None else self.threat.eps / 4
 
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
