@@ -8,11 +8,11 @@ alone and PGD-40, both through ``evaluate``.
 Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): wall time of the attack
 only, peak RSS, robust accuracy recomputed from the returned examples, and every returned example checked
 against the eps-ball and [0, 1]. A peer that cannot finish 1,000 images in reasonable time can be given fewer
-(``--n-art``, ``--n-torchattacks``); advrobust is then also run on that many, so each ratio compares equal n.
+(``--limit art:mnist-fast-at=100``); advrobust is then also run on that many, so each ratio compares equal n.
 
 Usage:
-    ADVROBUST_DATA=/path/to/data python benchmarks/autoattack_mnist.py \
-        --models /tmp/advrobust-bench/models --out autoattack.json
+    ADVROBUST_DATA=/path/to/data python benchmarks/autoattack_mnist.py
+        --models /tmp/advrobust-bench/models --out autoattack.json  # (one line)
 """
 
 from __future__ import annotations
@@ -39,9 +39,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=MODELS, help="only these models (default: both)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--n", type=int, default=1000, help="first n MNIST test images (default 1000)")
-    parser.add_argument("--n-art", type=int, default=None, help="images for ART's AutoAttack (default --n)")
     parser.add_argument(
-        "--n-torchattacks", type=int, default=None, help="images for torchattacks' (default --n)"
+        "--limit",
+        action="append",
+        default=[],
+        help="peer:model=n runs that peer's AutoAttack on that model's first n images only "
+        "(e.g. art:mnist-fast-at=100); advrobust is then also run on n",
     )
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
@@ -52,7 +55,13 @@ def main() -> None:
     parser.add_argument("--load-pause", type=float, default=30.0)
     parser.add_argument("--skip-context", action="store_true", help="no APGD-CE / PGD-40 rows")
     args = parser.parse_args()
-    peer_n = {"torchattacks": args.n_torchattacks or args.n, "art": args.n_art or args.n}
+    peer_n: dict[tuple[str, str], int] = {}
+    for item in args.limit:
+        pair, _, n = item.partition("=")
+        peer, _, model = pair.partition(":")
+        if peer not in PEERS or model not in MODELS or not n.isdigit():
+            parser.error(f"--limit {item!r}: write peer:model=n, e.g. art:mnist-fast-at=100")
+        peer_n[(peer, model)] = int(n)
     torch.set_num_threads(args.threads)
 
     report: dict[str, Any] = {
@@ -64,7 +73,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "n": args.n,
-        "peer_n": peer_n,
+        "limits": {f"{k[0]}:{k[1]}": v for k, v in peer_n.items()},
         "settings": harness.ATTACKS["autoattack"].settings,
         "cases": [],
     }
@@ -94,9 +103,10 @@ def main() -> None:
 
     for model in args.model or MODELS:
         case("advrobust", "autoattack", model, args.n)
+        limited = {peer: peer_n.get((peer, model), args.n) for peer in PEERS}
         for peer in PEERS:
-            case(peer, "autoattack", model, peer_n[peer])
-        for n in sorted({v for v in peer_n.values() if v != args.n}):
+            case(peer, "autoattack", model, limited[peer])
+        for n in sorted({v for v in limited.values() if v != args.n}):
             case("advrobust", "autoattack", model, n)
         if not args.skip_context:
             case("advrobust", "apgd-ce-only", model, args.n)

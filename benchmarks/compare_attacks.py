@@ -15,8 +15,8 @@ AutoAttack is the slowest case; ``--autoattack-from autoattack.json`` reuses ``a
 measurements (same harness, same images) instead of running it again.
 
 Usage:
-    ADVROBUST_DATA=/path/to/data python benchmarks/compare_attacks.py \
-        --models /tmp/advrobust-bench/models --out compare.json --autoattack-from autoattack.json
+    ADVROBUST_DATA=/path/to/data python benchmarks/compare_attacks.py
+        --models /tmp/advrobust-bench/models --out compare.json --autoattack-from autoattack.json  # (one line)
 """
 
 from __future__ import annotations
