@@ -50,9 +50,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case before it is killed")
+    parser.add_argument(
+        "--repeat-under",
+        type=float,
+        default=30.0,
+        help="a case faster than this many seconds is run --repeats times; the median time is kept",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
     parser.add_argument("--load-tries", type=int, default=10, help="times to wait --load-pause for it")
     parser.add_argument("--load-pause", type=float, default=30.0)
+    parser.add_argument(
+        "--skip-breakdown", action="store_true", help="no per-attack timing of torchattacks' members"
+    )
     parser.add_argument("--skip-context", action="store_true", help="no APGD-CE / PGD-40 rows")
     args = parser.parse_args()
     peer_n: dict[tuple[str, str], int] = {}
@@ -93,7 +103,7 @@ def main() -> None:
         load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
         print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
         tick = time.perf_counter()
-        result = harness.run_in_subprocess(spec, args.timeout)
+        result = harness.run_repeated(spec, args.timeout, args.repeat_under, args.repeats)
         result["load_before"] = load_start
         result["load_after"] = harness.load_avg()[0]
         print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
@@ -108,6 +118,8 @@ def main() -> None:
             case(peer, "autoattack", model, limited[peer])
         for n in sorted({v for v in limited.values() if v != args.n}):
             case("advrobust", "autoattack", model, n)
+        if not args.skip_breakdown:
+            case("torchattacks", "autoattack-parts", model, args.n)
         if not args.skip_context:
             case("advrobust", "apgd-ce-only", model, args.n)
             case("advrobust", "pgd40-eval", model, args.n)
@@ -201,12 +213,12 @@ def table(report: dict[str, Any]) -> str:
         )
     per_attack = [c for c in report["cases"] if c.get("per_attack")]
     if per_attack:
-        rows += ["", "advrobust per-attack cascade (attacked -> fooled, seconds):"]
+        rows += ["", "Per-attack cascade (attacked -> fooled, seconds):"]
         for c in per_attack:
             parts = ", ".join(
                 f"{a['name']} {a['attacked']}->{a['fooled']} {a['seconds']:.1f}s" for a in c["per_attack"]
             )
-            rows.append(f"- {c['model_name']} {c['attack']} n={c['n']}: {parts}")
+            rows.append(f"- {c['model_name']} {c['library']} {c['attack']} n={c['n']}: {parts}")
     return "\n".join(rows)
 
 

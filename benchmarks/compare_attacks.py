@@ -75,6 +75,13 @@ def main() -> None:
     parser.add_argument("--resnet-attacks", default="fgsm,pgd40-linf,pgd40-l2")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is killed")
+    parser.add_argument(
+        "--repeat-under",
+        type=float,
+        default=30.0,
+        help="a case faster than this many seconds is run --repeats times; the median time is kept",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
     parser.add_argument("--load-tries", type=int, default=10)
     parser.add_argument("--load-pause", type=float, default=30.0)
@@ -123,7 +130,7 @@ def main() -> None:
         load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
         print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
         tick = time.perf_counter()
-        result = harness.run_in_subprocess(spec, args.timeout)
+        result = harness.run_repeated(spec, args.timeout, args.repeat_under, args.repeats)
         result["load_before"] = load_start
         result["load_after"] = harness.load_avg()[0]
         print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
