@@ -543,10 +543,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             )
         console.print(defenses)
         console.print("naive PGD: plain PGD-40, what a careless evaluation would report.")
-        console.print(
-            "adaptive: worst case over PGD-40, APGD-CE, APGD-DLR, with BPDA through non-differentiable"
-        )
-        console.print("transforms: the number to trust.")
+        console.print("adaptive: worst case of PGD-40, APGD-CE and APGD-DLR, with BPDA through")
+        console.print("non-differentiable transforms: the number to trust.")
     console.print(f"models: {outcome.out}   results: {outcome.results_path}")
     console.print(f"total time: {outcome.seconds:.0f} s")
     if outcome.report_path is not None:
