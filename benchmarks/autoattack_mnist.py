@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +48,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case before it is killed")
+    harness.add_runner_args(parser, timeout=3600, rounds=2)
     parser.add_argument(
-        "--repeat-under",
-        type=float,
-        default=30.0,
-        help="a case faster than this many seconds is run --repeats times; the median time is kept",
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
-    parser.add_argument("--load-tries", type=int, default=10, help="times to wait --load-pause for it")
-    parser.add_argument("--load-pause", type=float, default=30.0)
-    parser.add_argument(
-        "--skip-breakdown", action="store_true", help="no per-attack timing of torchattacks' members"
+        "--skip-breakdown",
+        action="store_true",
+        help="no per-attack timing of torchattacks' members (at its 10 steps and at the reference's 100)",
     )
     parser.add_argument("--skip-context", action="store_true", help="no APGD-CE / PGD-40 rows")
     args = parser.parse_args()
@@ -89,8 +80,8 @@ def main() -> None:
     }
     print(f"machine: {report['machine']}\nversions: {report['versions']}", flush=True)
 
-    def case(library: str, attack: str, model: str, n: int) -> dict[str, Any]:
-        spec = {
+    def spec(library: str, attack: str, model: str, n: int) -> dict[str, Any]:
+        return {
             "library": library,
             "attack": attack,
             "model": str(args.models / model),
@@ -100,45 +91,32 @@ def main() -> None:
             "threads": args.threads,
             "seed": args.seed,
         }
-        load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
-        print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
-        tick = time.perf_counter()
-        result = harness.run_repeated(spec, args.timeout, args.repeat_under, args.repeats)
-        result["load_before"] = load_start
-        result["load_after"] = harness.load_avg()[0]
-        print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
-        report["cases"].append(result)
-        args.out.write_text(json.dumps(report, indent=2))
-        return result
 
+    def save(cases: list[dict[str, Any]]) -> None:
+        report["cases"] = cases
+        args.out.write_text(json.dumps(report, indent=2))
+
+    specs = []
     for model in args.model or MODELS:
-        case("advrobust", "autoattack", model, args.n)
+        specs.append(spec("advrobust", "autoattack", model, args.n))
         limited = {peer: peer_n.get((peer, model), args.n) for peer in PEERS}
         for peer in PEERS:
-            case(peer, "autoattack", model, limited[peer])
+            specs.append(spec(peer, "autoattack", model, limited[peer]))
         for n in sorted({v for v in limited.values() if v != args.n}):
-            case("advrobust", "autoattack", model, n)
+            specs.append(spec("advrobust", "autoattack", model, n))
         if not args.skip_breakdown:
-            case("torchattacks", "autoattack-parts", model, args.n)
+            specs.append(spec("torchattacks", "autoattack-parts", model, args.n))
+            specs.append(spec("torchattacks", "autoattack-parts-100", model, args.n))
         if not args.skip_context:
-            case("advrobust", "apgd-ce-only", model, args.n)
-            case("advrobust", "pgd40-eval", model, args.n)
+            specs.append(spec("advrobust", "apgd-ce-only", model, args.n))
+            specs.append(spec("advrobust", "pgd40-eval", model, args.n))
+    save(harness.runner_from_args(args, save).run_all(specs))
 
     report["verdicts"] = verdicts(report["cases"])
     args.out.write_text(json.dumps(report, indent=2))
     print()
     print(table(report))
     print(f"\nJSON: {args.out}")
-
-
-def summary_line(r: dict[str, Any]) -> str:
-    if r.get("status") != "ok":
-        return f"{r.get('status')}: {str(r.get('error', ''))[-300:]}"
-    return (
-        f"robust {r['robust_accuracy']:.1%} (clean {r['clean_accuracy']:.1%}), {r['seconds']:.1f} s, "
-        f"violations eps {r['eps_violations']} bounds {r['bounds_violations']}, "
-        f"peak RSS +{harness.fmt(r.get('peak_rss_delta_mb'), '.0f')} MB"
-    )
 
 
 def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,21 +160,22 @@ def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(report: dict[str, Any]) -> str:
     rows = [
         "| model | library | attack | n | clean | robust | wall s | img/s | peak RSS +MB | eps viol. | bounds viol. "
-        "| load |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| load before / after | timing |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in report["cases"]:
         if c.get("status") != "ok":
             rows.append(
                 f"| {c['model_name']} | {c['library']} | {c['attack']} | {c['n']} | {c.get('status')} "
-                "| | | | | | | |"
+                "| | | | | | | | |"
             )
             continue
         rows.append(
             f"| {c['model_name']} | {c['library']} | {c['attack']} | {c['n']} | {c['clean_accuracy']:.1%} "
             f"| {c['robust_accuracy']:.1%} | {c['seconds']:.1f} | {c['images_per_second']:.1f} "
             f"| {harness.fmt(c.get('peak_rss_delta_mb'), '.0f')} | {c['eps_violations']} "
-            f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} |"
+            f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} "
+            f"| {harness.timing(c)} |"
         )
     rows += [
         "",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +73,7 @@ def main() -> None:
     parser.add_argument("--resnet-batch-size", type=int, default=64)
     parser.add_argument("--resnet-attacks", default="fgsm,pgd40-linf,pgd40-l2")
     parser.add_argument("--skip-resnet", action="store_true")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is killed")
-    parser.add_argument(
-        "--repeat-under",
-        type=float,
-        default=30.0,
-        help="a case faster than this many seconds is run --repeats times; the median time is kept",
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
-    parser.add_argument("--load-tries", type=int, default=10)
-    parser.add_argument("--load-pause", type=float, default=30.0)
+    harness.add_runner_args(parser, timeout=1800, rounds=1)
     args = parser.parse_args()
     limits = parse_limits(args.limit)
     attacks = [a for a in args.attacks.split(",") if a]
@@ -113,8 +102,8 @@ def main() -> None:
     }
     print(f"machine: {report['machine']}\nversions: {report['versions']}", flush=True)
 
-    def case(library: str, attack: str, model: str, n: int, batch_size: int) -> None:
-        spec = {
+    def spec(library: str, attack: str, model: str, n: int, batch_size: int) -> dict[str, Any]:
+        return {
             "library": library,
             "attack": attack,
             "model": model if model == harness.RESNET_MODEL else str(args.models / model),
@@ -124,19 +113,9 @@ def main() -> None:
             "threads": args.threads,
             "seed": args.seed,
         }
-        if attack not in harness.AVAILABLE[library]:
-            report["cases"].append({**spec, "status": "n/a"})
-            return
-        load_start = harness.wait_for_quiet(args.max_load, args.load_tries, args.load_pause)
-        print(f"- {model} {library} {attack} n={n} (load {load_start:.2f}) ...", flush=True)
-        tick = time.perf_counter()
-        result = harness.run_repeated(spec, args.timeout, args.repeat_under, args.repeats)
-        result["load_before"] = load_start
-        result["load_after"] = harness.load_avg()[0]
-        print(f"  {summary_line(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
-        report["cases"].append(result)
-        args.out.write_text(json.dumps(report, indent=2))
 
+    # Entries in table order: a spec to run, or a result reused from autoattack_mnist.py's JSON.
+    entries: list[tuple[str, dict[str, Any]]] = []
     for model in args.model or MODELS:
         for attack in attacks:
             for library in libraries:
@@ -147,15 +126,27 @@ def main() -> None:
                         if c["library"] == library and c["model_name"] == model and c["n"] == args.n
                     ] or [c for c in reused if c["library"] == library and c["model_name"] == model]
                     if found:
-                        report["cases"].append({**found[0], "reused_from": str(args.autoattack_from)})
+                        entries.append(("fixed", {**found[0], "reused_from": str(args.autoattack_from)}))
                         continue
-                    if attack in harness.AVAILABLE[library]:
-                        print(f"- {model} {library} autoattack: not in {args.autoattack_from}, running it")
-                case(library, attack, model, limits.get((library, attack), args.n), args.batch_size)
+                n = limits.get((library, attack), args.n)
+                entries.append(("run", spec(library, attack, model, n, args.batch_size)))
     if not args.skip_resnet:
         for attack in [a for a in args.resnet_attacks.split(",") if a]:
             for library in libraries:
-                case(library, attack, harness.RESNET_MODEL, args.resnet_n, args.resnet_batch_size)
+                n, bs = args.resnet_n, args.resnet_batch_size
+                entries.append(("run", spec(library, attack, harness.RESNET_MODEL, n, bs)))
+
+    def save(results: list[dict[str, Any]]) -> None:
+        done = {harness.case_key(r): r for r in results}
+        report["cases"] = [
+            entry if kind == "fixed" else done[harness.case_key(entry)]
+            for kind, entry in entries
+            if kind == "fixed" or harness.case_key(entry) in done
+        ]
+        args.out.write_text(json.dumps(report, indent=2))
+
+    runner = harness.runner_from_args(args, save)
+    save(runner.run_all([entry for kind, entry in entries if kind == "run"]))
 
     report["ratios"] = ratios(report["cases"])
     report["goals"] = goals(report["cases"], report["ratios"])
@@ -163,19 +154,6 @@ def main() -> None:
     print()
     print(tables(report))
     print(f"\nJSON: {args.out}")
-
-
-def summary_line(r: dict[str, Any]) -> str:
-    if r.get("status") != "ok":
-        return f"{r.get('status')}: {str(r.get('error', ''))[-300:]}"
-    extra = ""
-    if r.get("success_rate") is not None:
-        extra = f", success {r['success_rate']:.1%} mean L2 {harness.fmt(r.get('mean_l2_success'), '.3f')}"
-    return (
-        f"{r['images_per_second']:.1f} img/s ({r['seconds']:.1f} s), robust {r['robust_accuracy']:.1%}{extra}, "
-        f"violations eps {r['eps_violations']} bounds {r['bounds_violations']}, "
-        f"peak RSS +{harness.fmt(r.get('peak_rss_delta_mb'), '.0f')} MB"
-    )
 
 
 def _ok(cases: list[dict[str, Any]], model: str, attack: str) -> dict[str, dict[str, Any]]:
@@ -310,8 +288,8 @@ def tables(report: dict[str, Any]) -> str:
             f"### {model}",
             "",
             "| attack | library | n | img/s | wall s | peak RSS +MB | clean | robust | CW success / mean L2 "
-            "| eps viol. | bounds viol. | load |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| eps viol. | bounds viol. | load before / after | timing |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for c in (c for c in cases if c["model_name"] == model):
             if c.get("status") != "ok":
@@ -329,7 +307,7 @@ def tables(report: dict[str, Any]) -> str:
                 f"| {c['attack']} | {c['library']}{reused} | {c['n']} | {c['images_per_second']:.1f} "
                 f"| {c['seconds']:.1f} | {harness.fmt(c.get('peak_rss_delta_mb'), '.0f')} "
                 f"| {c['clean_accuracy']:.1%} | {c['robust_accuracy']:.1%} | {cw} | {harness.fmt(c['eps_violations'], 'd', 'n/a')} "
-                f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} |"
+                f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} | {harness.timing(c)} |"
             )
         rows += [
             "",

@@ -80,8 +80,15 @@ ATTACKS: dict[str, AttackSpec] = {
     "autoattack-parts": AttackSpec(
         "linf",
         0.3,
-        "torchattacks' AutoAttack-standard attacks (APGD-CE, APGD-T, FAB-T, Square 5000) run one by one as a "
-        "cascade on the still-robust samples of each batch, timed per attack (what MultiAttack does)",
+        "torchattacks' AutoAttack-standard attacks as its AutoAttack builds them (APGD-CE, APGD-T, FAB-T with "
+        "torchattacks' default 10 steps, Square 5000) run one by one as a cascade on the still-robust samples "
+        "of each batch, timed per attack (what its MultiAttack does)",
+    ),
+    "autoattack-parts-100": AttackSpec(
+        "linf",
+        0.3,
+        "as autoattack-parts but APGD-CE, APGD-T and FAB-T with the reference AutoAttack's 100 steps "
+        "(context: not torchattacks' AutoAttack, which uses 10)",
     ),
     "apgd-ce-only": AttackSpec("linf", 0.3, "advrobust APGD-CE (100 steps, 1 restart) via evaluate"),
     "pgd40-eval": AttackSpec("linf", 0.3, "advrobust PGD-40 (step 0.01875, 1 restart) via evaluate"),
@@ -99,6 +106,7 @@ AVAILABLE: dict[str, set[str]] = {
         "autoattack",
         "square",
         "autoattack-parts",
+        "autoattack-parts-100",
     },
     "art": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square"},
     "foolbox": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2"},
@@ -229,7 +237,9 @@ def torchattacks_case(
     elif attack == "autoattack":
         atk = ta.AutoAttack(model, norm="Linf", eps=spec.eps, version="standard", n_classes=10, seed=seed)
     elif attack == "autoattack-parts":
-        return torchattacks_parts(model, x, y, bs, seed, spec.eps)
+        return torchattacks_parts(model, x, y, bs, seed, spec.eps, steps=10)
+    elif attack == "autoattack-parts-100":
+        return torchattacks_parts(model, x, y, bs, seed, spec.eps, steps=100)
     elif attack == "square":
         atk = ta.Square(model, norm="Linf", eps=spec.eps, n_queries=1000, n_restarts=1, p_init=0.8, seed=seed)
     else:
@@ -238,18 +248,17 @@ def torchattacks_case(
 
 
 def torchattacks_parts(
-    model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int, eps: float
+    model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int, eps: float, steps: int
 ) -> tuple[Callable[[], Tensor], dict[str, Any]]:
-    """torchattacks' AutoAttack-standard members, as its AutoAttack builds them, cascaded and timed each."""
+    """torchattacks' AutoAttack-standard members, as its AutoAttack builds them (its default ``steps`` is 10;
+    the reference AutoAttack's is 100), cascaded and timed each."""
     import torchattacks as ta
 
+    common = {"norm": "Linf", "eps": eps, "seed": seed, "n_restarts": 1, "steps": steps}
     parts = [
-        ("apgd-ce", ta.APGD(model, norm="Linf", eps=eps, seed=seed, loss="ce", n_restarts=1)),
-        ("apgd-t", ta.APGDT(model, norm="Linf", eps=eps, seed=seed, n_classes=10, n_restarts=1)),
-        (
-            "fab-t",
-            ta.FAB(model, norm="Linf", eps=eps, seed=seed, multi_targeted=True, n_classes=10, n_restarts=1),
-        ),
+        ("apgd-ce", ta.APGD(model, loss="ce", **common)),
+        ("apgd-t", ta.APGDT(model, n_classes=10, **common)),
+        ("fab-t", ta.FAB(model, multi_targeted=True, n_classes=10, **common)),
         ("square", ta.Square(model, norm="Linf", eps=eps, seed=seed, n_queries=5000, n_restarts=1)),
     ]
     extra: dict[str, Any] = {"describe": [repr(a) for _, a in parts]}
@@ -551,19 +560,160 @@ def run_in_subprocess(case: dict[str, Any], timeout: float) -> dict[str, Any]:
     return result
 
 
-def run_repeated(case: dict[str, Any], timeout: float, repeat_under: float, repeats: int) -> dict[str, Any]:
-    """Run ``case``; if it took under ``repeat_under`` seconds, run it ``repeats`` times in all and keep the
-    run of median time (short timings are the noisiest), listing every time in ``all_seconds``."""
-    first = run_in_subprocess(case, timeout)
-    if first.get("status") != "ok" or first["seconds"] >= repeat_under or repeats <= 1:
-        return first
-    runs = [first] + [run_in_subprocess(case, timeout) for _ in range(repeats - 1)]
-    runs = [r for r in runs if r.get("status") == "ok"]
-    runs.sort(key=lambda r: r["seconds"])
-    chosen = dict(runs[len(runs) // 2])
-    chosen["all_seconds"] = [r["seconds"] for r in runs]
-    chosen["timing"] = f"median of {len(runs)} runs"
-    return chosen
+def case_key(case: dict[str, Any]) -> tuple[str, str, str, int]:
+    return (case["library"], case["attack"], case.get("model_name", case["model"]), int(case["n"]))
+
+
+class Runner:
+    """Runs cases in fresh processes, each after waiting for a quiet machine, in ``rounds`` passes.
+
+    Pass 2 runs the cases in reverse order (so drifting background load hits both sides of a comparison;
+    the libraries in ``once`` are left out of it), and in the first pass a case faster than ``repeat_under`` seconds is run ``repeats`` times. A case's
+    reported time is the minimum over its runs: other processes on a shared machine only ever add time.
+    Every run's time and the 1-minute load before and after it are kept in ``runs``.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        rounds: int = 1,
+        repeat_under: float = 30.0,
+        repeats: int = 3,
+        max_load: float = 1.5,
+        load_tries: int = 10,
+        load_pause: float = 30.0,
+        on_update: Callable[[list[dict[str, Any]]], None] | None = None,
+        once: tuple[str, ...] = (),
+    ) -> None:
+        self.once_libraries = set(once)
+        self.timeout, self.rounds = timeout, rounds
+        self.repeat_under, self.repeats = repeat_under, repeats
+        self.max_load, self.load_tries, self.load_pause = max_load, load_tries, load_pause
+        self.on_update = on_update
+        self.runs: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+        self.order: list[dict[str, Any]] = []
+
+    def once(self, case: dict[str, Any]) -> dict[str, Any]:
+        if case["attack"] not in AVAILABLE[case["library"]]:
+            return {**case, "status": "n/a"}
+        load = wait_for_quiet(self.max_load, self.load_tries, self.load_pause)
+        name = f"{case.get('model_name', case['model'])} {case['library']} {case['attack']} n={case['n']}"
+        print(f"- {name} (load {load:.2f}) ...", flush=True)
+        tick = time.perf_counter()
+        result = run_in_subprocess(case, self.timeout)
+        result["load_before"] = load
+        result["load_after"] = load_avg()[0]
+        print(f"  {brief(result)} [{time.perf_counter() - tick:.0f} s]", flush=True)
+        return result
+
+    def run_all(self, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for case in cases:
+            if case_key(case) not in self.runs:
+                self.order.append(case)
+                self.runs[case_key(case)] = []
+        for round_index in range(self.rounds):
+            todo = cases if round_index % 2 == 0 else list(reversed(cases))
+            for case in todo:
+                runs = self.runs[case_key(case)]
+                if runs and (runs[0].get("status") == "n/a" or case["library"] in self.once_libraries):
+                    continue
+                runs.append(self.once(case))
+                if (
+                    round_index == 0
+                    and runs[-1].get("status") == "ok"
+                    and runs[-1]["seconds"] < self.repeat_under
+                ):
+                    runs.extend(self.once(case) for _ in range(self.repeats - 1))
+                if self.on_update is not None:
+                    self.on_update(self.merged())
+        return self.merged()
+
+    def merged(self) -> list[dict[str, Any]]:
+        out = []
+        for case in self.order:
+            runs = self.runs[case_key(case)]
+            if not runs:
+                continue
+            ok = [r for r in runs if r.get("status") == "ok"]
+            if not ok:
+                out.append(runs[-1])
+                continue
+            chosen = dict(min(ok, key=lambda r: r["seconds"]))
+            chosen["timing"] = f"min of {len(ok)} run(s)"
+            chosen["runs"] = [
+                {
+                    "status": r.get("status"),
+                    "seconds": r.get("seconds"),
+                    "load_before": r.get("load_before"),
+                    "load_after": r.get("load_after"),
+                    "robust_correct": r.get("robust_correct"),
+                    "peak_rss_delta_mb": r.get("peak_rss_delta_mb"),
+                }
+                for r in runs
+            ]
+            chosen["accuracy_consistent"] = len({r["robust_correct"] for r in ok}) == 1
+            out.append(chosen)
+        return out
+
+
+def timing(c: dict[str, Any]) -> str:
+    """ "min of 2 run(s): 80.1, 95.3" for a table cell."""
+    seconds = [r["seconds"] for r in c.get("runs", []) if r.get("seconds") is not None]
+    return f"{c.get('timing', '')}: " + ", ".join(f"{v:.1f}" for v in seconds) if seconds else ""
+
+
+def brief(r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"{r.get('status')}: {str(r.get('error', ''))[-300:]}"
+    extra = ""
+    if r.get("success_rate") is not None:
+        extra = f", success {r['success_rate']:.1%} mean L2 {fmt(r.get('mean_l2_success'), '.3f')}"
+    return (
+        f"{r['images_per_second']:.1f} img/s ({r['seconds']:.1f} s), robust {r['robust_accuracy']:.1%} "
+        f"(clean {r['clean_accuracy']:.1%}){extra}, violations eps {r['eps_violations']} bounds "
+        f"{r['bounds_violations']}, peak RSS +{fmt(r.get('peak_rss_delta_mb'), '.0f')} MB"
+    )
+
+
+def add_runner_args(parser: argparse.ArgumentParser, timeout: float, rounds: int) -> None:
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per case before it is killed")
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help="passes over all cases, the second in reverse order"
+    )
+    parser.add_argument(
+        "--repeat-under",
+        type=float,
+        default=30.0,
+        help="in the first pass, a case faster than this many seconds is run --repeats times",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--once",
+        action="append",
+        default=[],
+        choices=LIBRARIES,
+        help="run this library's cases in the first pass only (e.g. art, whose AutoAttack takes ~30 min)",
+    )
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
+    parser.add_argument("--load-tries", type=int, default=10, help="times to wait --load-pause for it")
+    parser.add_argument("--load-pause", type=float, default=30.0)
+
+
+def runner_from_args(
+    args: argparse.Namespace, on_update: Callable[[list[dict[str, Any]]], None] | None
+) -> Runner:
+    return Runner(
+        timeout=args.timeout,
+        rounds=args.rounds,
+        repeat_under=args.repeat_under,
+        repeats=args.repeats,
+        max_load=args.max_load,
+        load_tries=args.load_tries,
+        load_pause=args.load_pause,
+        on_update=on_update,
+        once=tuple(args.once),
+    )
 
 
 def load_avg() -> tuple[float, float, float]:
