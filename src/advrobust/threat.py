@@ -126,8 +126,8 @@ class ThreatModel:
         shrunk = self.clamp(x + (out - x) * factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))))
         return torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), shrunk, out)
 
-    def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A point drawn uniformly from the eps-ball around x (then clipped to bounds)."""
+    def random_init(self, x: Tensor, generator: torch.Generator | None = None, *, clip: bool = True) -> Tensor:
+        """A point drawn uniformly from the eps-ball around x, then clipped to bounds unless ``clip=False``."""
         eps = self.eps
         if self.norm == "linf":
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -148,7 +148,7 @@ class ThreatModel:
             signs = torch.randint(0, 2, (x.shape[0], flat_shape[1] - 1), generator=generator, device=x.device)
             coords = expo[:, :-1] / expo.sum(dim=1, keepdim=True)
             delta = (coords * (2 * signs - 1).to(x.dtype) * eps).reshape(x.shape)
-        return self.clamp(x + delta)
+        return self.clamp(x + delta) if clip else x + delta
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Per-sample perturbation size in this norm, computed in float64. Shape: (N,)."""

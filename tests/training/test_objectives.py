@@ -96,6 +96,31 @@ def test_training_points_lie_inside_the_threat_model(
         assert float((point - x).abs().max()) > 0
 
 
+def test_fast_at_takes_its_gradient_at_an_unclipped_start_as_the_papers_code(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    # On saturated pixels a start clipped to [0, 1] makes every FGSM point the same corner; the paper's
+    # unclipped start keeps them random, which is what prevents catastrophic overfitting on MNIST.
+    x, y = batch[0][:16], batch[1][:16]
+    model = small_cnn().eval()
+    attack_inputs: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args: attack_inputs.append(args[0].detach().clone()))
+    points = {}
+    for clip in (False, True):
+        objective = create_objective("fast-at", threat=THREAT, clip_start=clip, attack_mode="eval")
+        attack_inputs.clear()
+        objective.loss(model, x, y, generator=torch.Generator().manual_seed(0))
+        start, final = attack_inputs[0], attack_inputs[-1]
+        below = float(start.min())
+        assert (below < 0) if not clip else (below >= 0)
+        assert bool(THREAT.contains(final, x, tol=1e-6).all())
+        points[clip] = final
+    saturated = (x == 0) | (x == 1)
+    # The clipped variant lands on x or the eps corner at every saturated pixel; the reference does not.
+    changed = (points[False] - points[True]).abs()[saturated]
+    assert float((changed > 1e-6).float().mean()) > 0.2
+
+
 def test_free_at_reuses_the_training_backward_and_carries_the_perturbation(
     batch: tuple[torch.Tensor, torch.Tensor],
 ) -> None:

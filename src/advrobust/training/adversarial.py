@@ -49,8 +49,12 @@ def ascend(
     threat: ThreatModel,
     steps: int,
     step_size: float,
+    project_start: bool = True,
 ) -> Tensor:
     """Projected steepest ascent of a per-sample ``loss(logits)`` from ``start``; returns the last iterate.
+
+    ``project_start=False`` takes the first gradient at ``start`` as given (e.g. outside the bounds, as
+    Fast-AT's reference does); every step's result is projected either way.
 
     Training uses the last iterate (as Madry et al., TRADES and MART do), not the best point an evaluation
     attack keeps. Gradients are taken for the inputs only; the step and projection run in float32 even
@@ -61,7 +65,7 @@ def ascend(
     # DDP expects every forward it sees to end in a backward that reaches its parameters.
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    x_adv = threat.project(start.detach(), x)
+    x_adv = threat.project(start.detach(), x) if project_start else start.detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
