@@ -126,7 +126,9 @@ class ThreatModel:
         shrunk = self.clamp(x + (out - x) * factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))))
         return torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), shrunk, out)
 
-    def random_init(self, x: Tensor, generator: torch.Generator | None = None, *, clip: bool = True) -> Tensor:
+    def random_init(
+        self, x: Tensor, generator: torch.Generator | None = None, *, clip: bool = True
+    ) -> Tensor:
         """A point drawn uniformly from the eps-ball around x, then clipped to bounds unless ``clip=False``."""
         eps = self.eps
         if self.norm == "linf":
