@@ -15,11 +15,25 @@ corner or on x for every saturated pixel), i.e. plain FGSM training, and the mod
 with ``loss`` overridden to draw the start unclipped (``ReferenceStartFastAT`` below), through the library's
 ``train_run`` otherwise unchanged. ``--fast-start library`` uses the library's objective as it is.
 
-Both go through ``advrobust.runs.train_run`` (what ``advrobust train`` runs). Afterwards each model gets a
-quick check on the first ``--check-n`` test images: clean accuracy and PGD-40 (linf eps 0.3) robust accuracy.
+Two more recipes (issue 4's reproduction; trained only when named with ``--only``, see below):
+
+- ``<out>/mnist-pgd-at``: small-cnn, PGD adversarial training (Madry et al. 2018) at linf eps 0.3 with
+  PGD-``--pgd-steps`` (default 10) of Madry's 2.5 * eps / steps (0.075) from a uniform random start, trained
+  like the Fast-AT model (Adam, cyclic lr 0 -> 5e-3 -> 0, batch 100, no normalization), ``--pgd-epochs``
+  (default 15). Madry et al. used PGD-40 of 0.01 for ~83 epochs, too slow for a CPU run.
+- ``<out>/mnist-trades``: small-cnn, TRADES (Zhang et al. 2019) at linf eps 0.3, beta 6,
+  ``--trades-steps`` (default 10) of eps / 4 (0.075) from x + 0.001 N(0, 1), same optimizer and schedule,
+  ``--trades-epochs`` (default 15). The reference MNIST script uses SGD, 100 epochs, 40 steps of 0.01, beta 1.
+
+All go through ``advrobust.runs.train_run`` (what ``advrobust train`` runs). Afterwards each model gets a
+quick check on the first ``--check-n`` test images: clean accuracy and PGD-40 (linf eps 0.3) robust accuracy,
+plus, with ``--check-suite standard``, robust accuracy under advrobust's ``standard`` suite (AutoAttack's
+recipe) on the same images.
 
 Usage:
     ADVROBUST_DATA=/path/to/data python benchmarks/train_models.py --out /tmp/advrobust-bench/models
+    ADVROBUST_DATA=/path/to/data python benchmarks/train_models.py --out /tmp/advrobust-bench/models \
+        --threads 1 --only mnist-pgd-at --only mnist-trades --check-suite standard
 """
 
 from __future__ import annotations
@@ -91,22 +105,60 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "schedule": "cyclic",
             "normalize": args.fast_normalize,
         },
+        "mnist-pgd-at": {
+            "defense": "pgd-at",
+            "norm": "linf",
+            "eps": 0.3,
+            "steps": args.pgd_steps,
+            "epochs": args.pgd_epochs,
+            "batch_size": 100,
+            "optimizer": "adam",
+            "lr": 5e-3,
+            "schedule": "cyclic",
+            "normalize": False,
+        },
+        "mnist-trades": {
+            "defense": "trades",
+            "norm": "linf",
+            "eps": 0.3,
+            "steps": args.trades_steps,
+            "beta": 6.0,
+            "epochs": args.trades_epochs,
+            "batch_size": 100,
+            "optimizer": "adam",
+            "lr": 5e-3,
+            "schedule": "cyclic",
+            "normalize": False,
+        },
     }
 
 
-def quick_check(run_dir: Path, n: int) -> dict[str, float]:
-    """Clean and PGD-40 (linf 0.3, one restart) accuracy on the first ``n`` MNIST test images."""
+# Trained only when named with --only (they take ~15-20 min each on one CPU thread).
+OPT_IN = ("mnist-pgd-at", "mnist-trades")
+
+
+def quick_check(run_dir: Path, n: int, suite: str | None = None) -> dict[str, float]:
+    """Clean and PGD-40 (linf 0.3, one restart) accuracy on the first ``n`` MNIST test images.
+
+    With ``suite``, also robust accuracy under that advrobust suite (e.g. ``standard``) and its wall time.
+    """
     model = advrobust.load_model(run_dir, device="cpu")
     test = advrobust.load_dataset("mnist", split="test").take(n)
     threat = advrobust.ThreatModel(norm="linf", eps=0.3)
     tick = time.perf_counter()
     result = advrobust.evaluate(model, test, [advrobust.PGD(threat=threat, steps=40)], batch_size=500, seed=0)
-    return {
+    check = {
         "n": n,
         "clean": result.clean.value,
         "pgd40_robust": result.robust.value,
         "check_seconds": time.perf_counter() - tick,
     }
+    if suite is not None:
+        tick = time.perf_counter()
+        result = advrobust.evaluate(model, test, suite, threat=threat, batch_size=250, seed=0)
+        check[f"{suite}_robust"] = result.robust.value
+        check[f"{suite}_seconds"] = time.perf_counter() - tick
+    return check
 
 
 def main() -> None:
@@ -117,6 +169,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--standard-epochs", type=int, default=3)
     parser.add_argument("--fast-epochs", type=int, default=10)
+    parser.add_argument("--pgd-epochs", type=int, default=15)
+    parser.add_argument("--pgd-steps", type=int, default=10)
+    parser.add_argument("--trades-epochs", type=int, default=15)
+    parser.add_argument("--trades-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--fast-normalize",
@@ -130,7 +186,15 @@ def main() -> None:
         help="Fast-AT random start: Wong et al.'s unclipped one (default) or advrobust's fast-at as it is",
     )
     parser.add_argument("--check-n", type=int, default=1000, help="test images for the quick check")
-    parser.add_argument("--only", choices=["mnist-standard", "mnist-fast-at"], action="append")
+    parser.add_argument(
+        "--check-suite", choices=["quick", "standard"], help="also evaluate each model with this suite"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["mnist-standard", "mnist-fast-at", *OPT_IN],
+        action="append",
+        help=f"train only these (repeatable); {', '.join(OPT_IN)} are trained only when named",
+    )
     parser.add_argument("--skip-existing", action="store_true", help="keep run directories already trained")
     args = parser.parse_args()
     if not os.environ.get("ADVROBUST_DATA"):
@@ -141,7 +205,7 @@ def main() -> None:
     print(f"cpu: {platform.processor() or platform.machine()}, out: {args.out}")
     summary = {}
     for name, recipe in recipes(args).items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (not args.only and name in OPT_IN):
             continue
         run_dir = args.out / name
         if args.skip_existing and (run_dir / "card.json").exists():
@@ -177,11 +241,16 @@ def main() -> None:
                 "stopped": outcome.result.stopped,
                 "card_metrics": outcome.card.metrics,
             }
-        check = quick_check(run_dir, args.check_n)
+        check = quick_check(run_dir, args.check_n, args.check_suite)
         print(
             f"{name}: clean {check['clean']:.1%}, PGD-40 robust {check['pgd40_robust']:.1%} "
             f"on the first {check['n']} test images ({check['check_seconds']:.1f} s)"
         )
+        if args.check_suite is not None:
+            print(
+                f"{name}: {args.check_suite} suite robust {check[f'{args.check_suite}_robust']:.1%} "
+                f"({check[f'{args.check_suite}_seconds']:.1f} s)"
+            )
         entry["check"] = check
         summary[name] = entry
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
