@@ -166,38 +166,47 @@ class Square(Attack):
         targets: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor]:
-        def score(points: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        def score(points: Tensor, labels: Tensor, aims: Tensor | None) -> tuple[Tensor, Tensor]:
             """Loss to minimise (the margin, <= 0 once fooled) and success, one query per row."""
             logits = model(points)
-            aims = None if targets is None else targets[rows]
-            loss = margin(logits, y[rows]) if aims is None else -margin(logits, aims)
-            return loss, is_adversarial(logits, y[rows], aims)
+            loss = margin(logits, labels) if aims is None else -margin(logits, aims)
+            return loss, is_adversarial(logits, labels, aims)
 
-        every = torch.arange(x.shape[0], device=x.device)
         used = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-        best_loss, fooled = score(x, every)
+        best_loss, fooled = score(x, y, targets)
         best = x.clone()
         if self.queries < 2 or self.threat.eps == 0:
             return best, used
         idx = (~fooled).nonzero().squeeze(1)
-        if idx.numel() > 0:
-            start = self._init(x[idx], generator)
-            best_loss[idx], fooled[idx] = score(start, idx)
-            best[idx] = start
-            used[idx] += 1
-        for iteration in range(self.queries - 2):
-            # One sync per iteration: only the samples still standing are queried.
-            idx = (~fooled).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
+        if idx.numel() == 0:
+            return best, used
+        # The samples still standing, kept compact: they are only re-gathered when some are fooled.
+        x_s, y_s = x[idx], y[idx]
+        aims_s = None if targets is None else targets[idx]
+        best_s = self._init(x_s, generator)
+        loss_s, success = score(best_s, y_s, aims_s)
+        queried = 1  # queries each standing sample has made since the last write-back
+        for iteration in range(self.queries - 1):
+            # One sync per iteration: write back and drop the fooled samples, if any.
+            if iteration == self.queries - 2 or bool(success.any()):
+                best[idx], best_loss[idx] = best_s, loss_s
+                fooled[idx] = success
+                used[idx] += queried
+                queried = 0
+                keep = (~success).nonzero().squeeze(1)
+                if keep.numel() == 0 or iteration == self.queries - 2:
+                    break
+                if keep.numel() < idx.numel():
+                    idx, x_s, y_s = idx[keep], x_s[keep], y_s[keep]
+                    best_s, loss_s = best_s[keep], loss_s[keep]
+                    aims_s = None if aims_s is None else aims_s[keep]
             p = square_fraction(self.p_init, iteration, self.queries)
-            candidate = self._propose(x[idx], best[idx], p, generator)
-            loss, success = score(candidate, idx)
-            used[idx] += 1
-            improved = success | (loss < best_loss[idx])
-            best[idx] = torch.where(improved.reshape(-1, 1, 1, 1), candidate, best[idx])
-            best_loss[idx] = torch.where(improved, loss, best_loss[idx])
-            fooled[idx] = success
+            candidate = self._propose(x_s, best_s, p, generator)
+            loss, success = score(candidate, y_s, aims_s)
+            queried += 1
+            improved = success | (loss < loss_s)
+            best_s = torch.where(improved.reshape(-1, 1, 1, 1), candidate, best_s)
+            loss_s = torch.where(improved, loss, loss_s)
         return best, used
 
     def _init(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
