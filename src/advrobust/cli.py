@@ -349,9 +349,9 @@ def _model_source_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--trust-pickle",
-        action="store_true",
-        default=None,
-        help="load a .pt2 file whose loading could run code (pickle, unchecked graph): only files you trust",
+        metavar="SHA256",
+        help="load a .pt2 or pickled .pt model file whose loading could run code, if its SHA-256 is this "
+        "digest (as its source publishes it): only files you trust",
     )
     group.add_argument(
         "--query-log", metavar="PATH", help="remote: log answers to PATH (JSONL); reruns resume"
@@ -394,7 +394,9 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--std", type=float, nargs="+", help="per-channel std the model expects (with --mean)")
     serve.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="input shape")
     serve.add_argument(
-        "--trust-pickle", action="store_true", help="load a .pt2 file whose loading could run code"
+        "--trust-pickle",
+        metavar="SHA256",
+        help="load a .pt2 or pickled .pt file whose loading could run code, if its SHA-256 is this digest",
     )
 
 
@@ -545,6 +547,15 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console.print("naive PGD: plain PGD-40, what a careless evaluation would report.")
         console.print("adaptive: worst case of PGD-40, APGD-CE and APGD-DLR, with BPDA through")
         console.print("non-differentiable transforms: the number to trust.")
+        for row in outcome.defenses:
+            if row.margin is not None:
+                console.print(
+                    f"{row.name}: PGD-40 with cross-entropy {_pct(row.naive)}, with the margin loss "
+                    f"{_pct(row.margin)}:"
+                )
+                console.print(
+                    "its saturated softmax hides the gradient from cross-entropy, not from margins."
+                )
     console.print(f"models: {outcome.out}   results: {outcome.results_path}")
     console.print(f"total time: {outcome.seconds:.0f} s")
     if outcome.report_path is not None:

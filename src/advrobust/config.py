@@ -34,7 +34,7 @@ class ModelSourceSettings(_Settings):
     input_shape: list[int] | None = Field(None, min_length=3, max_length=3)
     num_classes: int | None = Field(None, ge=2)
     access: Literal["white-box", "score", "decision"] | None = None
-    trust_pickle: bool = False
+    trust_pickle: str | None = None  # the SHA-256 of a .pt2 / pickled .pt file trusted to run code
     # Remote endpoints (http(s):// models).
     query_log: str | None = None
     timeout: float = Field(30.0, gt=0)

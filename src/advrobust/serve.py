@@ -189,7 +189,7 @@ def open_server(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_shape: Sequence[int] | None = None,
-    trust_pickle: bool = False,
+    trust_pickle: str | None = None,
 ) -> ModelServer:
     """A ``ModelServer`` (bound, not yet serving) for a run directory or any local model spec.
 

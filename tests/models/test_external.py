@@ -182,7 +182,7 @@ def test_factory_with_safetensors_weights_and_normalization(
         load_external("my_nets:build_model", input_shape=(1, 28, 28))
     pickle_file = tmp_path / "net.pt"
     pickle_file.write_bytes(b"not opened")
-    with pytest.raises(ModelFileError, match=r"safetensors files only"):
+    with pytest.raises(ModelFileError, match=r"not a weights-only file"):
         load_external("my_nets:build_model", weights=pickle_file, input_shape=(1, 28, 28))
     with pytest.raises(ConfigError, match=r"cannot import 'no_such_pkg.nets'"):
         load_external("no_such_pkg.nets:build", weights=weights, input_shape=(1, 28, 28))

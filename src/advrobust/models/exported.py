@@ -25,7 +25,10 @@ from torch import Tensor, nn
 
 from advrobust.errors import ModelFileError
 
-_TRUST = "load it with --trust-pickle (trust_pickle=True) only if you trust whoever made the file"
+_TRUST = (
+    "load it only if you trust whoever made the file, with --trust-pickle SHA256 (trust_pickle=SHA256), "
+    "the file's SHA-256 as its source publishes it"
+)
 _ENTRY = re.compile(
     r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
     r"|models/[\w.-]+\.json|data/weights/[\w.-]+|data/constants/[\w.-]+|data/sample_inputs/[\w.-]+\.pt"
@@ -147,17 +150,24 @@ class ExportedModule(nn.Module):
         return out
 
 
-def load_pt2(path: Path, *, trust_pickle: bool = False) -> tuple[nn.Module, bytes, tuple[int, ...] | None]:
+def load_pt2(
+    path: Path, *, trust_pickle: str | None = None
+) -> tuple[nn.Module, bytes, tuple[int, ...] | None]:
     """Load a ``torch.export.save`` file as a module; returns (module, file bytes, example input shape).
 
-    The file is read once; the bytes checked are the bytes loaded.
+    The file is read once; the bytes checked are the bytes loaded. With ``trust_pickle`` (the file's
+    expected SHA-256) a file with unsafe parts loads, once its digest matches.
     """
+    from advrobust.models.trust import verify_digest
+
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"cannot read {path} ({exc.strerror}): check the path") from None
+    if trust_pickle is not None:
+        verify_digest(path, data, trust_pickle)
     problems = unsafe_parts(data)
-    if problems and not trust_pickle:
+    if problems and trust_pickle is None:
         shown = "; ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise ModelFileError(f"{path} could run code when loaded ({shown}): {_TRUST}")
     try:

@@ -6,6 +6,8 @@
   ``num_classes``/``in_channels`` when it takes them), weights from ``weights=`` (safetensors only);
 - ``timm:resnet18`` -- a timm architecture (the ``timm`` extra), weights from ``weights=``;
 - ``model.pt2`` -- a ``torch.export`` program, checked before loading (see ``models.exported``);
+- ``model.pt`` -- a whole model pickled with ``torch.save(model)``: refused unless ``trust_pickle`` names
+  the file's SHA-256 (see ``models.trust``); state dicts go to ``weights=`` instead;
 - ``model.onnx`` -- white-box through a torch conversion whose outputs must match onnxruntime's, or a
   black box through onnxruntime (``access="score"`` / ``"decision"``);
 - ``http(s)://...`` -- a model behind an HTTP endpoint (``models.remote``), score- or decision-based.
@@ -31,8 +33,9 @@ from torch import Tensor, nn
 from advrobust.contract import ACCESS_LEVELS, Access
 from advrobust.errors import ConfigError, ModelFileError
 from advrobust.models.normalize import Normalize
+from advrobust.models.trust import check_digest, is_pickle_file, load_pickled_model, load_state_dict_file
 
-ModelKind = Literal["run", "factory", "timm", "onnx", "export", "remote"]
+ModelKind = Literal["run", "factory", "timm", "onnx", "export", "pickle", "remote"]
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 #: A converted ONNX model must match onnxruntime within atol + rtol * max|output| on every probe.
 PARITY_ATOL = 1e-4
@@ -50,6 +53,8 @@ def model_kind(spec: str) -> ModelKind:
         return "onnx"
     if lower.endswith(".pt2"):
         return "export"
+    if is_pickle_file(spec):
+        return "pickle"
     if _FACTORY.fullmatch(spec) and not Path(spec).exists():
         return "factory"
     return "run"
@@ -132,25 +137,33 @@ def _sha256(data: bytes) -> str:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str:
-    """Load a safetensors state dict into ``model`` (strict); returns the file's sha256."""
+    """Load a state dict into ``model`` (strict); returns the file's sha256.
+
+    From ``.safetensors``, or from a ``torch.save``'d state dict through the weights-only unpickler
+    (which builds tensors and containers, never runs code from the file).
+    """
     file = Path(path)
-    if file.suffix != ".safetensors":
+    state: Mapping[str, Tensor]
+    if is_pickle_file(str(file)):
+        state, data = load_state_dict_file(file)
+    elif file.suffix != ".safetensors":
         raise ModelFileError(
-            f"{file}: weights are read from .safetensors files only (pickle files can run code); convert with "
-            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+            f"{file}: weights are read from .safetensors files (or a torch.save'd state dict, .pt/.pth); "
+            "convert with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
         )
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {file} ({exc.strerror}): check the path") from None
-    try:
-        state = safetensors.torch.load(data)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # the parser may panic on hostile bytes (a BaseException)
-        raise ModelFileError(
-            f"{file} is not a valid safetensors file ({str(exc)[:200]}): re-save it"
-        ) from None
+    else:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"cannot read {file} ({exc.strerror}): check the path") from None
+        try:
+            state = safetensors.torch.load(data)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the parser may panic on hostile bytes (a BaseException)
+            raise ModelFileError(
+                f"{file} is not a valid safetensors file ({str(exc)[:200]}): re-save it"
+            ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -233,7 +246,7 @@ def load_external(
     std: Sequence[float] | None = None,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
-    trust_pickle: bool = False,
+    trust_pickle: str | None = None,
     probe: Tensor | None = None,
     remote_options: Mapping[str, Any] | None = None,
 ) -> ExternalModel:
@@ -242,6 +255,8 @@ def load_external(
     ``access`` defaults to the strongest the model allows (white-box, except for remote endpoints). For
     ONNX white-box access, ``probe`` (inputs in [0, 1]) joins random inputs in the output-parity check.
     ``remote_options`` go to ``RemoteModel`` (``query_log``, ``timeout``, ``retries``, ``rate_limit``, ...).
+    ``trust_pickle``: the SHA-256 of a ``.pt2`` or pickled ``.pt`` file whose loading could run code; it
+    loads only if the file has exactly that digest.
     Shape: the model maps x (N, *input_shape) in [0, 1] to logits (N, K).
     """
     if access is not None and access not in ACCESS_LEVELS:
@@ -252,10 +267,14 @@ def load_external(
     if shape is not None and (len(shape) != 3 or min(shape) < 1):
         raise ConfigError(f"input shape must be C H W (three positive integers), got {list(shape)}")
     kind = model_kind(spec)
+    if trust_pickle is not None:
+        trust_pickle = check_digest(trust_pickle)
+        if kind not in ("export", "pickle"):
+            raise ConfigError(f"--trust-pickle applies to .pt2 and pickled .pt files, not to {spec}: drop it")
     if kind == "run":
         raise ConfigError(
             f"{spec} is a run directory or an unknown spec: load run directories with load_model; otherwise "
-            "pass pkg.module:factory, timm:NAME, a .onnx or .pt2 file, or an http(s):// URL"
+            "pass pkg.module:factory, timm:NAME, a .onnx, .pt2 or .pt file, or an http(s):// URL"
         )
     if kind == "remote":
         from advrobust.models.remote import RemoteModel  # late: remote builds on this module
@@ -273,7 +292,7 @@ def load_external(
         model = remote if level == "score" or remote.mode == "labels" else DecisionOnly(remote)
         provenance = {"path": spec, "arch": "remote", "kind": kind, "access": level, **remote.info()}
         return ExternalModel(model, kind, level, remote.num_classes, remote.input_shape, provenance)
-    name = Path(spec).name if kind in ("onnx", "export") else spec
+    name = Path(spec).name if kind in ("onnx", "export", "pickle") else spec
     info: dict[str, Any] = {"path": spec, "arch": name, "kind": kind}
     in_channels = shape[0] if shape is not None else None
     level = access or "white-box"
@@ -297,6 +316,9 @@ def load_external(
 
             net, data, example = load_pt2(path, trust_pickle=trust_pickle)
             shape = shape or (tuple(example[1:]) if example is not None and len(example) == 4 else None)
+        elif kind == "pickle":
+            net, data = load_pickled_model(path, trust_pickle=trust_pickle)
+            info["trusted_pickle"] = True
         else:
             from advrobust.models.onnx_model import load_onnx
 
