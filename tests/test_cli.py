@@ -87,6 +87,16 @@ def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
     assert results[0].attacks[1].params["steps"] == 10
 
 
+def test_eval_batch_size_auto(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "auto.json"
+    args = ["eval", "--model", str(run_dir), "--data", "mnist-mini", "--n", "40", "--attack", "fgsm"]
+    assert main([*args, "--batch-size", "auto", "--json", str(out), "--quiet"]) == 0
+    assert load_results(out)[0].meta["batch_size"] == 256  # auto on a CPU
+    with pytest.raises(SystemExit):
+        main([*args, "--batch-size", "0"])
+    assert "positive integer or auto" in capsys.readouterr().err
+
+
 def test_yaml_config_with_flag_override(run_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "eval.yaml"
     config.write_text(

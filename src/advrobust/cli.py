@@ -44,6 +44,19 @@ EPILOG_EVAL = """examples:
 """
 
 
+def _batch_size(value: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+    return size
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advrobust",
@@ -219,7 +232,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="query budget per sample of black-box attacks (Square 5000, HopSkipJump 1000)",
     )
-    ev.add_argument("--batch-size", type=int, help="batch size (default: 256)")
+    ev.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        help="batch size, or auto: large on CUDA, halved on out-of-memory (default: 256)",
+    )
     ev.add_argument(
         "--cascade",
         action=argparse.BooleanOptionalAction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,7 +96,7 @@ class EvalSettings(DataSettings, ModelSourceSettings):
     restarts: int | None = Field(None, ge=1)
     loss: Literal["ce", "margin", "dlr"] | None = None
     queries: int | None = Field(None, ge=1)
-    batch_size: int = Field(256, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     cascade: bool = True
     seed: int = 0
     json_path: str | None = Field(None, alias="json")

@@ -35,6 +35,7 @@ from advrobust.errors import ConfigError, DataError
 from advrobust.evaluation import EvalResult, evaluate, save_run
 from advrobust.evaluation.audit import AuditReport, audit
 from advrobust.evaluation.curves import RobustnessCurve, robustness_curve
+from advrobust.evaluation.evaluate import auto_batch_size
 from advrobust.evaluation.suites import build_suite
 from advrobust.fileio import atomic_write_json
 from advrobust.models import ModelCard, create_model, load_model, read_card, save_model
@@ -485,7 +486,11 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
             norm=settings.norm,
             eps_max=max(settings.eps),
             points=settings.curve_points,
-            batch_size=settings.batch_size,
+            batch_size=(
+                auto_batch_size(device, data.input_shape)
+                if settings.batch_size == "auto"
+                else settings.batch_size
+            ),
             seed=settings.seed,
         )
     if settings.json_path is not None and group.is_main:

@@ -137,3 +137,66 @@ def test_suite_by_name_needs_a_threat(trained_cnn: nn.Module, batch: Batch) -> N
         evaluate(trained_cnn, batch, "quick")
     with pytest.raises(ConfigError, match="unknown suite"):
         evaluate(trained_cnn, batch, "strongest", threat=ThreatModel())
+
+
+class _MemoryLimited(nn.Module):
+    """A device with room for ``limit`` samples per forward: larger batches raise torch's OutOfMemoryError
+    (what CUDA raises), so the back-off can be tested on a CPU."""
+
+    def __init__(self, model: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.largest = model, limit, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} samples")
+        self.largest = max(self.largest, x.shape[0])
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+def test_out_of_memory_halves_the_attack_batch_and_keeps_the_result_valid(
+    trained_cnn: nn.Module, batch: Batch
+) -> None:
+    x, y = batch
+    threat = ThreatModel(norm="linf", eps=0.1)
+    attacks = [PGD(threat=threat, steps=10)]
+    limited = _MemoryLimited(trained_cnn, 20)
+    first = evaluate(limited, (x, y), attacks, batch_size=64, seed=3)
+    assert limited.largest <= 20
+    assert first.meta["oom_backoffs"] >= 2 and first.meta["attack_batch_size"] == 16
+    again = evaluate(_MemoryLimited(trained_cnn, 20), (x, y), attacks, batch_size=64, seed=3)
+    assert again.robust_correct == first.robust_correct  # the back-off is reproducible
+    whole = evaluate(trained_cnn, (x, y), attacks, batch_size=64, seed=3)
+    assert "oom_backoffs" not in whole.meta and whole.meta["batch_size"] == 64
+    assert first.clean_correct == whole.clean_correct
+    assert first.attacks[0].violations == 0
+    assert first.robust.value < first.clean.value
+    assert abs(first.robust.value - whole.robust.value) <= 0.1  # other random starts, same attack
+    # Only allocation failures are retried: any other error surfaces at once.
+    with pytest.raises(RuntimeError, match="boom"):
+
+        class Broken(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                raise RuntimeError("boom")
+
+        evaluate(Broken(), (x, y), attacks, batch_size=64)
+
+
+def test_auto_batch_size() -> None:
+    from advrobust.evaluation.evaluate import auto_batch_size
+
+    cuda = torch.device("cuda")
+    assert auto_batch_size(torch.device("cpu"), (3, 224, 224)) == 256
+    assert auto_batch_size(cuda, (1, 28, 28)) == 4096
+    assert auto_batch_size(cuda, (3, 32, 32)) == 4096
+    assert auto_batch_size(cuda, (3, 224, 224)) == 128
+    assert auto_batch_size(cuda, (3, 1024, 1024)) == 64
+
+
+def test_auto_batch_size_on_cpu_and_bad_values(trained_cnn: nn.Module, batch: Batch) -> None:
+    result = evaluate(trained_cnn, batch, [FGSM(threat=ThreatModel(eps=0.1))], batch_size="auto")
+    assert result.meta["batch_size"] == 256
+    for bad in (0, "big", 2.5):
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer or 'auto'"):
+            evaluate(trained_cnn, batch, [FGSM(threat=ThreatModel(eps=0.1))], batch_size=bad)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,10 +57,60 @@ def _time() -> float:
     return time.perf_counter()
 
 
-def batch_seed(seed: int, batch: int, attack: int) -> int:
-    """The seed of attack ``attack`` on batch ``batch``: batches are independent, so a run can resume or shard."""
-    digest = hashlib.sha256(f"advrobust/{seed}/{batch}/{attack}".encode()).digest()
+def batch_seed(seed: int, batch: int, attack: int, chunk: int = 0) -> int:
+    """The seed of attack ``attack`` on batch ``batch``: batches are independent, so a run can resume or shard.
+
+    ``chunk`` numbers the pieces of a batch split after an out-of-memory error (0: the whole batch).
+    """
+    key = f"advrobust/{seed}/{batch}/{attack}" + (f"/{chunk}" if chunk else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA out of memory, or the CPU allocator giving up)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def auto_batch_size(device: torch.device, sample_shape: Sequence[int]) -> int:
+    """The batch size ``batch_size="auto"`` starts from; out-of-memory errors then halve the attack chunks.
+
+    CPU: 256 (larger batches gain nothing there). CUDA: about 2^25 input values per batch, a power of two
+    in [64, 4096] (e.g. 4096 for MNIST, 8192 -> 4096 for CIFAR-10, 64 for 224 x 224 ImageNet).
+    """
+    if device.type != "cuda":
+        return 256
+    values = max(1, int(torch.tensor(list(sample_shape)).prod()))
+    size = 1 << max(0, ((1 << 25) // values).bit_length() - 1)
+    return min(4096, max(64, size))
+
+
+class _Chunker:
+    """Runs a per-sample function on a batch in chunks of at most ``limit`` samples (``None``: all at once),
+    halving the limit after an out-of-memory error and retrying; the limit then stays for later batches.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.backoffs = 0
+
+    def run(self, fn: Callable[[Tensor, Tensor, int], Tensor], x: Tensor, y: Tensor) -> Tensor:
+        while True:
+            size = x.shape[0] if self.limit is None else min(self.limit, x.shape[0])
+            try:
+                parts = [fn(x[i : i + size], y[i : i + size], i // size) for i in range(0, x.shape[0], size)]
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not is_out_of_memory(exc) or size <= 1:
+                    raise
+                self.limit = size // 2
+                self.backoffs += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
@@ -88,10 +138,15 @@ def _run_batch(
     cascade: bool,
     seed: int,
     index: int,
+    chunker: _Chunker,
 ) -> _BatchRecord:
+    def predict(xs: Tensor, ys: Tensor, chunk: int) -> Tensor:
+        with torch.no_grad():
+            ok: Tensor = model(xs).argmax(dim=1) == ys
+        return ok
+
     tick = _time()
-    with torch.no_grad():
-        clean_ok = model(x).argmax(dim=1) == y
+    clean_ok = chunker.run(predict, x, y)
     clean_seconds = _time() - tick
     robust_ok = clean_ok.clone()
     broken = torch.where(clean_ok, -1, -2)
@@ -101,11 +156,14 @@ def _run_batch(
         idx = (robust_ok if cascade else clean_ok).nonzero().squeeze(1)
         if idx.numel() == 0:
             continue
-        generator = torch.Generator(device=x.device).manual_seed(batch_seed(seed, index, i))
+
+        def run(xs: Tensor, ys: Tensor, chunk: int, attack: Attack = attack, i: int = i) -> Tensor:
+            generator = torch.Generator(device=xs.device).manual_seed(batch_seed(seed, index, i, chunk))
+            return attack(model, xs, ys, generator=generator, check=False)
+
         tick = _time()
-        x_adv = attack(model, x[idx], y[idx], generator=generator, check=False)
-        with torch.no_grad():
-            ok = model(x_adv).argmax(dim=1) == y[idx]
+        x_adv = chunker.run(run, x[idx], y[idx])
+        ok = chunker.run(lambda xs, ys, chunk: predict(xs, ys, chunk), x_adv, y[idx])
         seconds[i] = _time() - tick
         violations[i] = int((~threat.contains(x_adv, x[idx])).sum())
         attacked[i] = idx.numel()
@@ -165,7 +223,7 @@ def evaluate(
     attacks: Sequence[Attack] | str,
     *,
     threat: ThreatModel | None = None,
-    batch_size: int = 256,
+    batch_size: int | Literal["auto"] = 256,
     device: torch.device | str | None = None,
     seed: int = 0,
     cascade: bool = True,
@@ -185,6 +243,9 @@ def evaluate(
     finished batches are saved after each batch (atomically) and a rerun resumes after them. ``access`` is
     what the attacks may use of the model (``score``: gradient-free attacks; ``decision``: label-only ones);
     the result's meta records it, with a note for black-box access that robust accuracy is an upper bound.
+    A batch that runs out of memory is attacked in halves (then quarters, ...; later batches keep the
+    smaller size; meta records ``oom_backoffs`` and ``attack_batch_size``). ``batch_size="auto"`` starts
+    from ``auto_batch_size`` (large on CUDA) and relies on that back-off.
     Shape: data yields x (B, C, H, W) floats in threat.bounds and y (B,) int64.
     """
     if isinstance(attacks, str):
@@ -206,7 +267,12 @@ def evaluate(
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
+    if batch_size == "auto":
+        batch_size = auto_batch_size(device, _sample_shape(data))
+    elif not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     batches, total = _batches(data, batch_size, device)
+    chunker = _Chunker()
     group = distributed.info()
     state_file = Path(state_path) if state_path is not None else None
     if state_file is not None and group.enabled:
@@ -228,11 +294,15 @@ def evaluate(
             check_inputs(x, threat.bounds)
             check_labels(y, x.shape[0], num_classes)
             if num_classes is None:
-                logits = _probe(model, x)
+                logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
                 check_labels(y, x.shape[0], num_classes)
-            records.append(_run_batch(model, x, y, attacks, threat, cascade=cascade, seed=seed, index=index))
+            records.append(
+                _run_batch(
+                    model, x, y, attacks, threat, cascade=cascade, seed=seed, index=index, chunker=chunker
+                )
+            )
             if state_file is not None:
                 atomic_write_json(
                     state_file,
@@ -253,6 +323,9 @@ def evaluate(
     seconds = _time() - start
     if not records:
         raise InputError("the data yielded no samples: pass a non-empty data set")
+    extra: dict[str, Any] = {"batch_size": batch_size}
+    if chunker.backoffs:
+        extra.update(oom_backoffs=chunker.backoffs, attack_batch_size=chunker.limit)
     return _assemble(
         records,
         attacks,
@@ -261,7 +334,7 @@ def evaluate(
         cascade=cascade,
         confidence=confidence,
         seconds=seconds,
-        meta={**(meta or {}), **_access_meta(access)},
+        meta={**(meta or {}), **_access_meta(access), **extra},
         resumed=resumed,
     )
 
@@ -284,6 +357,19 @@ def _access_meta(access: Access) -> dict[str, Any]:
     if access == "white-box":
         return {"access": access}
     return {"access": access, "upper_bound": True, "access_note": BLACK_BOX_NOTE.format(access=access)}
+
+
+def _sample_shape(data: Any) -> tuple[int, ...]:
+    """The shape of one input, for ``auto_batch_size`` (unknown for plain iterables: MNIST-sized)."""
+    from advrobust.data import BatchLoader, ImageDataset
+
+    if isinstance(data, BatchLoader):
+        data = data.dataset
+    if isinstance(data, ImageDataset):
+        return tuple(data.input_shape)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        return tuple(data[0].shape[1:])
+    return (1, 28, 28)
 
 
 def _probe(model: nn.Module, x: Tensor) -> Tensor:
