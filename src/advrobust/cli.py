@@ -238,6 +238,21 @@ def _parser() -> argparse.ArgumentParser:
         help="batch size, or auto: large on CUDA, halved on out-of-memory (default: 256)",
     )
     ev.add_argument(
+        "--amp",
+        action="store_true",
+        default=None,
+        help="model forwards in bf16 autocast (attack maths stays float32; for GPUs)",
+    )
+    ev.add_argument(
+        "--channels-last", action="store_true", default=None, help="channels_last memory format (for GPUs)"
+    )
+    ev.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (the first batches pay the compilation)",
+    )
+    ev.add_argument(
         "--cascade",
         action=argparse.BooleanOptionalAction,
         default=None,

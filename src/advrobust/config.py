@@ -98,6 +98,9 @@ class EvalSettings(DataSettings, ModelSourceSettings):
     queries: int | None = Field(None, ge=1)
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 256
     cascade: bool = True
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
     json_path: str | None = Field(None, alias="json")
     state: str | None = None

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from advrobust import distributed
+from advrobust.accel import accelerate
 from advrobust.attacks import Attack, attack_class, create_attack
 from advrobust.config import (
     AuditSettings,
@@ -453,6 +454,20 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
     group = distributed.init_from_env(device)
     model, data, meta = load_model_and_data(settings)
     access: Access = meta["access"]
+    if settings.amp or settings.channels_last or settings.compile:
+        if access != "white-box":
+            raise ConfigError("--amp, --channels-last and --compile apply to white-box models: drop them")
+        model = accelerate(
+            model, device, amp=settings.amp, channels_last=settings.channels_last, compile=settings.compile
+        )
+        meta = {
+            **meta,
+            "acceleration": {
+                "amp": settings.amp,
+                "channels_last": settings.channels_last,
+                "compile": settings.compile,
+            },
+        }
     if settings.curve and access != "white-box":
         raise ConfigError(
             f"--curve runs gradient attacks, which {access} access does not allow: drop --curve"
