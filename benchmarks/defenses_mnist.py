@@ -18,6 +18,9 @@ images, at each linf ``--eps``:
 The attacks run as a cascade (each on the images still standing); naive PGD is first, so its accuracy is
 its own.
 
+Part ``suite`` (only when asked, ``--part suite --suite LABEL``): the full ``adaptive`` suite on the first
+``--suite-n`` images, for the transforms the cheaper recipe above left standing.
+
 Part ``smoothing``: small CNNs trained with Gaussian-noise augmentation (``gaussian-augment``) at each
 ``--sigmas`` through ``advrobust.runs.train_run``, then Cohen et al.'s CERTIFY (``certify_dataset``: n0, n,
 alpha) on the first ``--smooth-images`` test images; certified accuracy at l2 radii 0.25 / 0.5 / 1.0.
@@ -116,6 +119,54 @@ def transform_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def suite_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The full ``adaptive`` suite (BPDA-wrapped standard suite: APGD-CE, APGD-T, FAB-T, Square 5,000) on
+    the first ``--suite-n`` images, for the transforms named by ``--suite``."""
+    base = advrobust.load_model(args.models / "mnist-standard", device="cpu").eval()
+    test = advrobust.load_dataset("mnist", split="test").take(args.suite_n)
+    rows = []
+    for label, spec in TRANSFORMS:
+        if label not in args.suite:
+            continue
+        model: torch.nn.Module = base
+        if spec is not None:
+            model = InputTransformDefense(base, [parse_transform(spec)]).eval().manual_seed(args.seed)
+        for eps in args.eps:
+            threat = advrobust.ThreatModel(norm="linf", eps=eps)
+            load_before = load_avg()
+            tick = time.perf_counter()
+            result = advrobust.evaluate(
+                model, test, "adaptive", threat=threat, batch_size=250, seed=args.seed
+            )
+            seconds = time.perf_counter() - tick
+            row = {
+                "defense": label,
+                "eps": eps,
+                "n": result.n,
+                "clean": result.clean.value,
+                "adaptive_suite": result.robust.value,
+                "attacks": [
+                    {
+                        "attack": a.name,
+                        "params": a.params,
+                        "accuracy_after": a.accuracy.value,
+                        "seconds": a.seconds,
+                    }
+                    for a in result.attacks
+                ],
+                "seconds": seconds,
+                "load_before": load_before,
+            }
+            rows.append(row)
+            after = ", ".join(f"{a['attack']} {a['accuracy_after']:.1%}" for a in row["attacks"])
+            print(
+                f"{label:16s} eps {eps:<4g} adaptive suite, n {result.n}: clean {row['clean']:6.1%}, robust "
+                f"{row['adaptive_suite']:6.1%} (after each: {after}; {seconds:.0f} s, load {load_before:.2f})",
+                flush=True,
+            )
+    return rows
+
+
 def smoothing_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     test = advrobust.load_dataset("mnist", split="test").take(args.smooth_images)
     x, y = _tensors(test)
@@ -192,11 +243,18 @@ def main() -> None:
     parser.add_argument("--models", type=Path, required=True, help="folder holding mnist-standard")
     parser.add_argument("--work", type=Path, required=True, help="folder for the noise-trained models")
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
-    parser.add_argument("--part", choices=["transforms", "smoothing"], action="append")
+    parser.add_argument("--part", choices=["transforms", "suite", "smoothing"], action="append")
     parser.add_argument("--only", action="append", help="transform labels to run (default all)")
     parser.add_argument("--n", type=int, default=1000, help="test images for the transforms table")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--eot-samples", type=int, default=20)
+    parser.add_argument(
+        "--suite",
+        action="append",
+        default=[],
+        help="transform labels for the full adaptive suite (part suite)",
+    )
+    parser.add_argument("--suite-n", type=int, default=200, help="test images for the full adaptive suite")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--smooth-epochs", type=int, default=5)
     parser.add_argument("--smooth-images", type=int, default=500)
@@ -227,6 +285,11 @@ def main() -> None:
         tick = time.perf_counter()
         out["transforms"] = {"n": args.n, "eot_samples": args.eot_samples, "rows": transform_rows(args)}
         out["transforms"]["seconds"] = time.perf_counter() - tick
+        args.out.write_text(json.dumps(out, indent=2))
+    if "suite" in parts:
+        tick = time.perf_counter()
+        out["adaptive_suite"] = {"n": args.suite_n, "rows": suite_rows(args)}
+        out["adaptive_suite"]["seconds"] = time.perf_counter() - tick
         args.out.write_text(json.dumps(out, indent=2))
     if "smoothing" in parts:
         args.work.mkdir(parents=True, exist_ok=True)
