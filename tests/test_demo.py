@@ -40,6 +40,12 @@ def test_demo_shows_the_tradeoff_and_the_naive_vs_adaptive_gap(tmp_path: Path) -
     naive = jpeg.attacks[0].accuracy.value
     assert naive >= jpeg.robust.value + 0.2
     assert jpeg.robust.value <= standard.robust.value + 0.1
+    # Defensive distillation at T = 100: cross-entropy PGD is fooled by the saturated softmax, margin PGD not.
+    distilled = load_results(out / "distilled" / "eval-defense.json")[0]
+    by_loss = {a.params.get("loss"): a.accuracy.value for a in distilled.attacks if a.name == "pgd"}
+    assert by_loss["ce"] >= by_loss["margin"] + 0.2
+    assert distilled.robust.value <= standard.robust.value + 0.1
+    assert "with the margin loss" in done.stdout
     report = out / "report" / "report.html"
     assert report.exists() and str(report) in done.stdout.replace("\n", "")
     assert json.loads((out / "report" / "report.json").read_text())["schema"] == "advrobust.report/1"
