@@ -25,3 +25,9 @@ def test_wilson_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         wilson_interval(1, 3, confidence=1.0)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 500, 1000, 10_000])
+def test_wilson_is_exactly_closed_at_zero_and_one(n: int) -> None:
+    assert wilson_interval(0, n)[0] == 0.0
+    assert wilson_interval(n, n)[1] == 1.0
