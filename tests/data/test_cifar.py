@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from advrobust.data import cifar, load_dataset
 from advrobust.data.cifar import decode_batch, restricted_loads
@@ -230,3 +232,38 @@ def test_official_checksum_table() -> None:
         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
         "test_batch": "40351d587109b95175f43aff81a1287e",
     }
+
+
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_VALID = pickle.dumps(
+    {"data": np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072).astype(np.uint8), "labels": [3, 7]},
+    protocol=4,
+)
+
+
+@_FUZZ
+@given(blob=st.binary(max_size=2048))
+def test_random_bytes_raise_data_error(blob: bytes) -> None:
+    with pytest.raises(DataError):
+        decode_batch(blob, source="random")
+
+
+@_FUZZ
+@given(cut=st.integers(min_value=0, max_value=len(_VALID) - 1))
+def test_every_truncation_of_a_batch_raises_data_error(cut: int) -> None:
+    assert decode_batch(_VALID, source="whole")[0].shape == (2, 3, 32, 32)
+    with pytest.raises(DataError):
+        decode_batch(_VALID[:cut], source="truncated")
+
+
+@_FUZZ
+@given(position=st.integers(min_value=0, max_value=len(_VALID) - 1), byte=st.integers(0, 255))
+def test_a_changed_byte_gives_data_error_or_a_valid_batch(position: int, byte: int) -> None:
+    blob = bytearray(_VALID)
+    blob[position] = byte
+    try:
+        images, labels = decode_batch(bytes(blob), source="flipped")
+    except DataError:
+        return
+    assert images.dtype == np.uint8 and images.shape[1:] == (3, 32, 32)
+    assert labels.shape == (images.shape[0],) and int(labels.min()) >= 0 and int(labels.max()) < 10
