@@ -84,3 +84,18 @@ def test_check_inputs_accepts_exactly_in_bounds(low: float, span: float, seed: i
     else:
         with pytest.raises(InputError):
             check_inputs(x)
+
+
+def test_an_attack_call_checks_the_model_on_a_probe_of_the_batch() -> None:
+    from advrobust.attacks import FGSM
+    from advrobust.attacks.base import CHECK_PROBE
+    from advrobust.threat import ThreatModel
+
+    seen: list[int] = []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    x, y = torch.rand(100, 1, 4, 4), torch.randint(0, 3, (100,))
+    FGSM(threat=ThreatModel(eps=0.1))(net, x, y)
+    assert seen == [CHECK_PROBE, 100]  # the probe, then the attack's own forward
+    with pytest.raises(InputError, match=r"probabilities"):
+        FGSM(threat=ThreatModel(eps=0.1))(torch.nn.Sequential(net, torch.nn.Softmax(dim=1)), x, y)
