@@ -193,3 +193,35 @@ def test_registered_and_validated(trained_cnn: nn.Module, batch: Batch) -> None:
     with pytest.raises(ConfigError, match="needs targets"):
         APGD(threat=ThreatModel(), steps=1, loss="dlr-targeted")(trained_cnn, x[:4], y[:4])
     assert not math.isnan(float(attack(trained_cnn, x[:4], y[:4]).sum()))
+
+
+def test_fooled_samples_leave_the_run_without_changing_the_others(
+    trained_cnn: nn.Module, batch: Batch
+) -> None:
+    # APGD's state is per sample: dropping fooled samples at checkpoints must leave every other sample's
+    # trajectory as it was. A sample's random start depends on its position, so compare batches whose
+    # robust samples sit in the same positions: the batch alone vs the batch followed by extra samples.
+    x, y = batch
+    attack = APGD(threat=ThreatModel(eps=0.1), steps=50)
+    alone = attack(trained_cnn, x[:100], y[:100], generator=seeded(3))
+    joined = attack(trained_cnn, x, y, generator=seeded(3))
+    fooled = ~correct(trained_cnn, alone, y[:100])
+    assert 0.1 < float(fooled.float().mean()) < 0.9
+    # The first 100 samples draw the same starts only if the clean filter keeps the same rows before
+    # them, which holds: the filter keeps order, and the extra samples come after.
+    assert torch.equal(alone, joined[:100])
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.samples = 0
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            self.samples += z.shape[0]
+            out: torch.Tensor = trained_cnn(z)
+            return out
+
+    counted = Counting()
+    strong = APGD(threat=ThreatModel(eps=0.3), steps=100)(counted, x, y, generator=seeded(0))
+    assert not bool(correct(trained_cnn, strong, y).any())
+    assert counted.samples < 0.3 * 100 * x.shape[0]

@@ -134,3 +134,46 @@ def test_input_errors_surface(trained_cnn: nn.Module, batch: Batch) -> None:
         attack(trained_cnn, x, y + 10)
     with pytest.raises(ConfigError, match="steps"):
         PGD(threat=ThreatModel(), steps=0)
+
+
+class Counting(nn.Module):
+    """Counts the samples the wrapped model is run on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.samples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += x.shape[0]
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+def test_fooled_samples_leave_the_batch(trained_cnn: nn.Module, batch: Batch) -> None:
+    # linf 0.3 breaks nearly every sample of a normal model within a few steps: the remaining steps
+    # run on what is left, so the model sees far fewer than steps x n samples.
+    x, y = batch
+    counted = Counting(trained_cnn)
+    steps = 40
+    x_adv = PGD(threat=ThreatModel(eps=0.3), steps=steps)(
+        counted, x, y, generator=torch.Generator().manual_seed(0)
+    )
+    assert not bool(correct(trained_cnn, x_adv, y).any())
+    assert counted.samples < 0.25 * steps * x.shape[0]
+
+
+def test_result_of_a_sample_does_not_depend_on_its_batch(trained_cnn: nn.Module, batch: Batch) -> None:
+    # Without a random start PGD is deterministic per sample, so dropping fooled samples at different
+    # moments (other batch mates) must not change anyone's result: bit-identical in every split.
+    x, y = batch
+    attack = PGD(threat=ThreatModel(eps=0.08), steps=20, random_start=False, restarts=2)
+    whole = attack(trained_cnn, x, y)
+    halves = torch.cat([attack(trained_cnn, x[:77], y[:77]), attack(trained_cnn, x[77:], y[77:])])
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1))
+    shuffled = torch.empty_like(x)
+    shuffled[order] = attack(trained_cnn, x[order], y[order])
+    fooled = ~correct(trained_cnn, whole, y)
+    assert 0.1 < float(fooled.float().mean()) < 0.9  # some leave early, some stay to the end
+    assert torch.equal(whole, halves)
+    assert torch.equal(whole, shuffled)

@@ -49,6 +49,18 @@ class _Best:
         self.loss = torch.where(better, loss, self.loss)
         self.found = self.found | success
 
+    def keep_at(self, rows: Tensor | None, point: Tensor, loss: Tensor, success: Tensor) -> None:
+        """``keep`` for the samples at ``rows`` only (None: all of them)."""
+        if rows is None:
+            self.keep(point, loss, success)
+            return
+        found, old = self.found[rows], self.loss[rows]
+        better = ~found & (success | (loss > old))
+        chosen = torch.where(_view(better, point), point, self.point[rows])
+        self.point.index_copy_(0, rows, chosen.to(self.point.dtype))
+        self.loss.index_copy_(0, rows, torch.where(better, loss, old).to(self.loss.dtype))
+        self.found.index_copy_(0, rows, found | success)
+
 
 @register_attack("apgd")
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +164,11 @@ class APGD(Attack):
         best: _Best,
         generator: torch.Generator | None,
     ) -> None:
-        """One APGD run from a random start on a (sub)batch, recording into ``best``."""
+        """One APGD run from a random start on a (sub)batch, recording into ``best``.
+
+        Every state is per sample, so at each checkpoint the fooled samples (final: the first fooling point
+        wins) leave the batch and the rest continue exactly as they would have.
+        """
         threat = self.threat
         n = x.shape[0]
         success_targets = goal if hit_goal else None
@@ -160,6 +176,7 @@ class APGD(Attack):
         eta = torch.full((n,), (1.0 if l1 else 2.0) * threat.eps, device=x.device, dtype=x.dtype)
         x_cur = threat.random_init(x, generator)
         grad, logits, loss = self._gradient(model, x_cur, y, goal)
+        rows: Tensor | None = None  # the samples of ``best`` still attacked; None: all
         best.keep(x_cur, loss, is_adversarial(logits, y, success_targets))
         x_prev = x_cur
         x_max, loss_max, grad_max = x_cur, loss, grad  # the schedule's best point (highest loss)
@@ -186,7 +203,7 @@ class APGD(Attack):
             x_next = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x)
             x_prev, x_cur = x_cur, x_next
             grad, logits, loss = self._gradient(model, x_cur, y, goal)
-            best.keep(x_cur, loss, is_adversarial(logits, y, success_targets))
+            best.keep_at(rows, x_cur, loss, is_adversarial(logits, y, success_targets))
             increases = increases + (loss > loss_prev).to(x.dtype)
             loss_prev = loss
             improved = loss > loss_max
@@ -217,8 +234,27 @@ class APGD(Attack):
             loss_prev = torch.where(restart, loss_max, loss_prev)
             increases = torch.zeros_like(increases)
             last_check = i + 1
-            if bool(best.found.all()):  # one sync per checkpoint
+            done = best.found if rows is None else best.found[rows]
+            fooled = int(done.sum())  # one sync per checkpoint
+            if fooled == done.numel():
                 return
+            if fooled == 0 or i + 1 == self.steps:
+                continue
+            keep = (~done).nonzero().squeeze(1)
+            rows = keep if rows is None else rows[keep]
+            x, y, x_cur, x_prev, x_max, grad, grad_max = (
+                t[keep] for t in (x, y, x_cur, x_prev, x_max, grad, grad_max)
+            )
+            eta, loss_prev, loss_max, increases, loss_max_at_check = (
+                t[keep] for t in (eta, loss_prev, loss_max, increases, loss_max_at_check)
+            )
+            reduced_at_check, k_frac, sparsity_at_check = (
+                t[keep] for t in (reduced_at_check, k_frac, sparsity_at_check)
+            )
+            if goal is not None:
+                goal = goal[keep]
+            success_targets = goal if hit_goal else None
+            n = x.shape[0]
 
 
 def _sparse_direction(grad: Tensor, x_cur: Tensor, k_frac: Tensor, threat: ThreatModel) -> Tensor:

@@ -18,7 +18,8 @@ class PGD(Attack):
     """Projected gradient descent (Madry et al., 2018, arXiv:1706.06083), linf / l2 / l1.
 
     Default step size 2.5 * eps / steps (Madry et al., appendix). Over steps and restarts each sample keeps
-    its best point: the first one that fools the model, otherwise the one with the highest loss.
+    its best point: the first one that fools the model, otherwise the one with the highest loss. A fooled
+    sample leaves the batch (its result is final), so the cost falls as samples break.
     Shape: x (N, C, H, W) in threat.bounds, y (N,) int64 -> x_adv like x.
     """
 
@@ -50,27 +51,79 @@ class PGD(Attack):
         generator: torch.Generator | None,
     ) -> Tensor:
         threat = self.threat
+        n = x.shape[0]
         best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-
-        def keep(point: Tensor, logits: Tensor, loss: Tensor) -> None:
-            nonlocal found
-            success = is_adversarial(logits, y, targets)
-            # A fooling point beats any other; among the rest, the higher loss wins.
-            better = (success & ~found) | (~found & ~success & (loss > best_loss))
-            best.copy_(torch.where(better.reshape(-1, 1, 1, 1), point, best))
-            best_loss.copy_(torch.where(better, loss, best_loss))
-            found = found | success
-
-        for _ in range(self.restarts):
-            x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
-            for _ in range(self.steps):
-                grad, logits, loss = input_gradient(model, x_adv, y, targets, self.loss)
-                keep(x_adv, logits, loss)
+        best_loss = torch.full((n,), float("-inf"), device=x.device)
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for restart in range(self.restarts):
+            # Each restart attacks only the samples no earlier restart fooled (one sync per restart).
+            rows = torch.arange(n, device=x.device) if restart == 0 else (~found).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            run = _Run(x, y, targets, rows, best, best_loss)
+            x_adv = threat.random_init(run.x, generator) if self.random_start else run.x.clone()
+            for i in range(self.steps):
+                grad, logits, loss = input_gradient(model, x_adv, run.y, run.targets, self.loss)
+                run.keep(x_adv, logits, loss)
                 step = steepest_direction(grad, threat.norm)
-                x_adv = threat.project(x_adv + self.alpha * step, x)
-            with torch.no_grad():
-                logits = model(x_adv)
-            keep(x_adv, logits, attack_loss(logits, y, targets, self.loss))
+                x_adv = threat.project(x_adv + self.alpha * step, run.x)
+                if i + 1 < self.steps and _is_check(i + 1):
+                    # Per-sample early stop: a fooled sample's result is final, so it leaves the batch.
+                    keep_rows = run.compact(found)
+                    if keep_rows is None:
+                        continue
+                    x_adv = x_adv[keep_rows]
+                    if run.rows.numel() == 0:
+                        break
+            if run.rows.numel() > 0:
+                with torch.no_grad():
+                    logits = model(x_adv)
+                run.keep(x_adv, logits, attack_loss(logits, run.y, run.targets, self.loss))
+            run.flush(found)
         return best
+
+
+def _is_check(step: int) -> bool:
+    """Steps after which PGD drops fooled samples: 1, 2, 4, 8 and then every 8th (a host sync each)."""
+    return step & (step - 1) == 0 or step % 8 == 0
+
+
+class _Run:
+    """The samples one PGD restart still attacks, with their best point so far.
+
+    A fooling point beats any other and is final; among the rest, the higher loss wins. ``rows`` index the
+    full batch; results go back into ``best`` / ``best_loss`` / ``found`` when samples leave or at the end.
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, targets: Tensor | None, rows: Tensor, best: Tensor, best_loss: Tensor
+    ) -> None:
+        self.rows = rows
+        self.x, self.y = x[rows], y[rows]
+        self.targets = None if targets is None else targets[rows]
+        self.best, self.best_loss = best, best_loss
+        self.point, self.loss = best[rows], best_loss[rows]
+        self.found = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
+
+    def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
+        success = is_adversarial(logits, self.y, self.targets)
+        better = ~self.found & (success | (loss > self.loss))
+        self.point = torch.where(better.reshape(-1, *([1] * (point.dim() - 1))), point, self.point)
+        self.loss = torch.where(better, loss, self.loss)
+        self.found = self.found | success
+
+    def flush(self, found: Tensor) -> None:
+        self.best.index_copy_(0, self.rows, self.point.to(self.best.dtype))
+        self.best_loss.index_copy_(0, self.rows, self.loss.to(self.best_loss.dtype))
+        found.index_copy_(0, self.rows, self.found)
+
+    def compact(self, found: Tensor) -> Tensor | None:
+        """Write back and drop the fooled rows; returns the kept positions, or None when none was fooled."""
+        if not bool(self.found.any()):
+            return None
+        self.flush(found)
+        keep = (~self.found).nonzero().squeeze(1)
+        self.rows, self.x, self.y = self.rows[keep], self.x[keep], self.y[keep]
+        self.targets = None if self.targets is None else self.targets[keep]
+        self.point, self.loss, self.found = self.point[keep], self.loss[keep], self.found[keep]
+        return keep
