@@ -87,6 +87,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "eps": 0.3,
             "steps": args.pgd_steps,
             "clean_weight": args.pgd_clean_weight,
+            "eps_warmup": args.pgd_eps_warmup,
             "epochs": args.pgd_epochs,
             "batch_size": 100,
             "optimizer": "adam",
@@ -149,6 +150,9 @@ def main() -> None:
     parser.add_argument("--pgd-epochs", type=int, default=10)
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--pgd-clean-weight", type=float, default=0.5, help="0: pure PGD-AT (Madry's)")
+    parser.add_argument(
+        "--pgd-eps-warmup", type=float, default=0.0, help="epochs of linear eps ramp-up (0: off)"
+    )
     parser.add_argument("--trades-epochs", type=int, default=10)
     parser.add_argument("--trades-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

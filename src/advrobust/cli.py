@@ -178,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ema-decay", type=float, help="keep and save an EMA of the weights, e.g. 0.999 (default: off)"
     )
     adv.add_argument(
+        "--eps-warmup",
+        type=float,
+        metavar="EPOCHS",
+        help="ramp the training eps linearly from 0 over this many epochs (default: 0, off); pure pgd-at "
+        "of a small model from scratch may need it",
+    )
+    adv.add_argument(
         "--robust-val",
         type=int,
         help="training images held out for PGD validation each epoch; the most robust epoch is saved "

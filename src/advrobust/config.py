@@ -77,6 +77,7 @@ class TrainSettings(DataSettings):
     # Trainer options.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     robust_val: int | None = Field(None, ge=0)
+    eps_warmup: float = Field(0.0, ge=0)
 
 
 class EvalSettings(DataSettings, ModelSourceSettings):

@@ -173,6 +173,7 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         seed=settings.seed,
         ema_decay=settings.ema_decay,
         robust_val=settings.robust_val,
+        eps_warmup=settings.eps_warmup,
     )
     out = Path(settings.out)
     result = train(

@@ -84,8 +84,9 @@ def test_cli_flags_and_yaml_set_each_objectives_options(small_npz: Path, tmp_pat
     out = tmp_path / "trades"
     args = ["train", "--data", str(small_npz), "--defense", "trades", "--norm", "l2", "--eps", "1.5"]
     args += ["--beta", "3", "--steps", "2", "--step-size", "0.5", "--attack-mode", "train", "--epochs", "1"]
-    args += ["--robust-val", "0", "--out", str(out), "--quiet"]
+    args += ["--robust-val", "0", "--eps-warmup", "0.5", "--out", str(out), "--quiet"]
     assert main(args) == 0
+    assert read_card(out).training["config"]["eps_warmup"] == 0.5
     trades = read_card(out).training["objective"]
     assert trades == {
         "name": "trades",

@@ -345,3 +345,40 @@ def test_cyclic_schedule_is_the_fast_at_triangle() -> None:
     values = [factor(t) for t in range(100)]
     assert values.index(max(values)) == 39 and max(values) == pytest.approx(1.0)
     assert values[-1] == 0.0 and values[0] == pytest.approx(0.01 / 0.4)
+
+
+def test_eps_warmup_ramps_the_training_eps_step_by_step(mini_train: ImageDataset) -> None:
+    from advrobust.training.pgd_at import PGDAT
+
+    seen: list[float] = []
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Recording(PGDAT):
+        def loss(
+            self,
+            model: torch.nn.Module,
+            x: torch.Tensor,
+            y: torch.Tensor,
+            *,
+            generator: torch.Generator | None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            seen.append(self.threat.eps)
+            return super().loss(model, x, y, generator=generator)
+
+    data = mini_train.take(200)
+    objective = Recording(threat=THREAT, steps=2)
+    train(small_cnn(), data, objective=objective, config=TrainConfig(epochs=3, batch_size=50, eps_warmup=1.5))
+    steps = 4  # per epoch; the ramp spans 6 steps, then the full eps
+    expected = [THREAT.eps * min(1.0, s / (1.5 * steps)) for s in range(1, 3 * steps + 1)]
+    assert seen == pytest.approx(expected)
+    assert objective.threat.eps == THREAT.eps  # the objective itself is untouched
+
+
+def test_eps_warmup_is_refused_where_it_cannot_apply(mini_train: ImageDataset) -> None:
+    data = mini_train.take(100)
+    with pytest.raises(ConfigError, match="clean inputs"):
+        train(small_cnn(), data, config=TrainConfig(epochs=1, eps_warmup=1))
+    with pytest.raises(ConfigError, match="keeps state"):
+        train(small_cnn(), data, objective=FreeAT(threat=THREAT), config=TrainConfig(epochs=1, eps_warmup=1))
+    with pytest.raises(ConfigError, match="eps_warmup"):
+        TrainConfig(eps_warmup=-1)

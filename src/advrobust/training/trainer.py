@@ -55,7 +55,9 @@ class TrainConfig:
     ``robust_val`` samples are held out of the training data and attacked with PGD-``robust_val_steps``
     after each epoch (None: 500, at most a tenth of the data, for adversarial objectives; 0 for clean ones);
     ``select="best"`` then delivers the epoch with the highest robust (then clean) held-out accuracy.
-    ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only.
+    ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only. ``eps_warmup`` (epochs, may be
+    fractional) ramps an adversarial objective's eps linearly from 0 to its full value, step by step, over
+    that many epochs (0: off); pure PGD-AT of a small model from scratch may not train without it.
     """
 
     epochs: int = 5
@@ -72,6 +74,7 @@ class TrainConfig:
     select: Literal["best", "last"] = "best"
     amp: bool = True
     channels_last: bool = True
+    eps_warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -90,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"robust_val must be >= 0 (0 turns it off), got {self.robust_val}")
         if self.robust_val_steps < 1:
             raise ConfigError(f"robust_val_steps must be >= 1, got {self.robust_val_steps}")
+        if not (self.eps_warmup >= 0 and math.isfinite(self.eps_warmup)):
+            raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {self.eps_warmup}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"select must be 'best' or 'last', got {self.select!r}")
 
@@ -239,6 +244,17 @@ def train(
     return run.result
 
 
+def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
+    if threat is None:
+        raise ConfigError(
+            f"eps_warmup ramps the attack's eps, but {objective.name} trains on clean inputs: drop it"
+        )
+    if isinstance(objective, StatefulObjective) or not dataclasses.is_dataclass(objective):
+        raise ConfigError(
+            f"eps_warmup cannot ramp {objective.name}, which keeps state between batches: drop eps_warmup"
+        )
+
+
 def _matching_checkpoint(path: Path, record: dict[str, Any], hooks: int) -> dict[str, Any]:
     """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks."""
     state = load_checkpoint(path)
@@ -292,6 +308,8 @@ class _Run:
         if device.type == "cuda" and config.channels_last:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         threat = objective_threat(objective)
+        if config.eps_warmup > 0:
+            _check_warmup(objective, threat)
         train_data, holdout = holdout_split(data, config.robust_val, threat, seed=config.seed)
         group = distributed.info()
         # PyTorch's own sampler orders (and, under torchrun, shards) the data: each epoch's order depends on
@@ -342,6 +360,16 @@ class _Run:
     def stateful(self) -> StatefulObjective | None:
         return self.objective if isinstance(self.objective, StatefulObjective) else None
 
+    def objective_at(self, epoch: int, step: int) -> Objective:
+        """The objective for this step: during ``eps_warmup`` a copy at eps scaled by the progress made."""
+        warmup = self.config.eps_warmup * self.ctx.steps
+        done = (epoch - 1) * self.ctx.steps + step
+        if self.threat is None or done >= warmup:
+            return self.objective
+        return dataclasses.replace(  # type: ignore[type-var]
+            self.objective, threat=self.threat.with_eps(self.threat.eps * done / warmup)
+        )
+
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
@@ -368,9 +396,10 @@ class _Run:
         evaluated = images = clean_seen = 0
         for step, (x_batch, y) in enumerate(loader, start=1):
             x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
+            objective = self.objective_at(epoch, step)
             for _ in range(replays):
                 with _autocast(amp):
-                    loss, logits = self.objective.loss(self.train_model, x, y, generator=self.attack_gen)
+                    loss, logits = objective.loss(self.train_model, x, y, generator=self.attack_gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.optimizer.step()
