@@ -210,32 +210,33 @@ class APGD(Attack):
             x_max = torch.where(_view(improved, x), x_cur, x_max)
             grad_max = torch.where(_view(improved, x), grad, grad_max)
             loss_max = torch.where(improved, loss, loss_max)
-            if i + 1 not in checkpoints:
-                continue
-            if l1:
-                # l1-APGD: shrink k to the best point's sparsity; reset the step when it got sparser.
-                sparsity = ((x_max - x).reshape(n, -1) != 0).sum(dim=1).to(x.dtype)
-                restart = sparsity / sparsity_at_check.clamp_min(1) < 0.95
-                k_frac = sparsity / dims / 1.5
-                eta = torch.where(restart, torch.full_like(eta, threat.eps), eta / 1.5)
-                eta = eta.clamp(threat.eps / 10, threat.eps)
-                sparsity_at_check = sparsity
-            else:
-                # Condition 1: too few steps raised the loss; condition 2: neither step nor best moved.
-                too_few = increases < self.rho * (i + 1 - last_check)
-                stuck = ~reduced_at_check & (loss_max <= loss_max_at_check)
-                restart = too_few | stuck
-                eta = torch.where(restart, eta / 2, eta)
-                reduced_at_check, loss_max_at_check = restart, loss_max
-            # Restart from the best point, with its gradient and without momentum from the old trajectory.
-            x_cur = torch.where(_view(restart, x), x_max, x_cur)
-            x_prev = torch.where(_view(restart, x), x_max, x_prev)
-            grad = torch.where(_view(restart, x), grad_max, grad)
-            loss_prev = torch.where(restart, loss_max, loss_prev)
-            increases = torch.zeros_like(increases)
-            last_check = i + 1
+            if i + 1 in checkpoints:
+                if l1:
+                    # l1-APGD: shrink k to the best point's sparsity; reset the step when it got sparser.
+                    sparsity = ((x_max - x).reshape(n, -1) != 0).sum(dim=1).to(x.dtype)
+                    restart = sparsity / sparsity_at_check.clamp_min(1) < 0.95
+                    k_frac = sparsity / dims / 1.5
+                    eta = torch.where(restart, torch.full_like(eta, threat.eps), eta / 1.5)
+                    eta = eta.clamp(threat.eps / 10, threat.eps)
+                    sparsity_at_check = sparsity
+                else:
+                    # Condition 1: too few steps raised the loss; condition 2: neither step nor best moved.
+                    too_few = increases < self.rho * (i + 1 - last_check)
+                    stuck = ~reduced_at_check & (loss_max <= loss_max_at_check)
+                    restart = too_few | stuck
+                    eta = torch.where(restart, eta / 2, eta)
+                    reduced_at_check, loss_max_at_check = restart, loss_max
+                # Restart from the best point, with its gradient and without momentum from the old trajectory.
+                x_cur = torch.where(_view(restart, x), x_max, x_cur)
+                x_prev = torch.where(_view(restart, x), x_max, x_prev)
+                grad = torch.where(_view(restart, x), grad_max, grad)
+                loss_prev = torch.where(restart, loss_max, loss_prev)
+                increases = torch.zeros_like(increases)
+                last_check = i + 1
+            elif i & (i + 1) != 0:
+                continue  # fooled samples leave at checkpoints and at steps 1, 2, 4, 8, ...
             done = best.found if rows is None else best.found[rows]
-            fooled = int(done.sum())  # one sync per checkpoint
+            fooled = int(done.sum())  # a host sync
             if fooled == done.numel():
                 return
             if fooled == 0 or i + 1 == self.steps:
