@@ -22,7 +22,7 @@ from advrobust.threat import Norm, ThreatModel, norm_of
 
 _REGISTRY: dict[str, type[Attack]] = {}
 #: Samples of a batch whose outputs an attack call checks (logits, not probabilities; finite; classes).
-CHECK_PROBE = 32
+CHECK_PROBE = 8
 
 A = TypeVar("A", bound="type[Attack]")
 
