@@ -75,6 +75,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "eps": 0.3,
             "step_size": 0.375,
             "epochs": args.fast_epochs,
+            "eps_warmup": args.fast_eps_warmup,
             "batch_size": 100,
             "optimizer": "adam",
             "lr": 5e-3,
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--standard-epochs", type=int, default=3)
     parser.add_argument("--fast-epochs", type=int, default=10)
+    parser.add_argument(
+        "--fast-eps-warmup", type=float, default=0.0, help="Fast-AT: epochs of linear eps ramp-up (0: off)"
+    )
     parser.add_argument("--pgd-epochs", type=int, default=10)
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--pgd-clean-weight", type=float, default=0.5, help="0: pure PGD-AT (Madry's)")
