@@ -9,7 +9,13 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from advrobust.attacks.base import Attack, input_gradient, register_attack, steepest_direction
+from advrobust.attacks.base import (
+    LEAVE_FRACTION,
+    Attack,
+    input_gradient,
+    register_attack,
+    steepest_direction,
+)
 from advrobust.attacks.losses import LossName, is_adversarial
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
@@ -239,7 +245,7 @@ class APGD(Attack):
             fooled = int(done.sum())  # a host sync
             if fooled == done.numel():
                 return
-            if fooled == 0 or i + 1 == self.steps:
+            if fooled < LEAVE_FRACTION * done.numel() or i + 1 == self.steps:
                 continue
             keep = (~done).nonzero().squeeze(1)
             rows = keep if rows is None else rows[keep]

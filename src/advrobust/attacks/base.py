@@ -23,6 +23,9 @@ from advrobust.threat import Norm, ThreatModel, norm_of
 _REGISTRY: dict[str, type[Attack]] = {}
 #: Samples of a batch whose outputs an attack call checks (logits, not probabilities; finite; classes).
 CHECK_PROBE = 8
+#: Fooled samples leave an iterative attack's batch once they are at least this fraction of it: the work they
+#: would cost is then worth a smaller batch, and fewer distinct batch sizes keep the allocator's heap small.
+LEAVE_FRACTION = 1 / 8
 
 A = TypeVar("A", bound="type[Attack]")
 

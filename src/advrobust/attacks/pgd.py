@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advrobust.attacks.base import Attack, input_gradient, register_attack, steepest_direction
+from advrobust.attacks.base import (
+    LEAVE_FRACTION,
+    Attack,
+    input_gradient,
+    register_attack,
+    steepest_direction,
+)
 from advrobust.attacks.losses import LossName, attack_loss, is_adversarial
 from advrobust.errors import ConfigError
 
@@ -118,8 +124,10 @@ class _Run:
         found.index_copy_(0, self.rows, self.found)
 
     def compact(self, found: Tensor) -> Tensor | None:
-        """Write back and drop the fooled rows; returns the kept positions, or None when none was fooled."""
-        if not bool(self.found.any()):
+        """Write back and drop the fooled rows once they are ``LEAVE_FRACTION`` of the batch (or all of it);
+        returns the kept positions, or None when nothing left."""
+        fooled = int(self.found.sum())  # a host sync
+        if fooled == 0 or fooled < LEAVE_FRACTION * self.found.numel():
             return None
         self.flush(found)
         keep = (~self.found).nonzero().squeeze(1)
