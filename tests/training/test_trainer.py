@@ -78,6 +78,28 @@ def test_resume_refuses_other_settings(tmp_path: Path, mini_train: ImageDataset)
     assert len(result.history) == 2
 
 
+def test_resume_accepts_a_checkpoint_from_before_an_option_existed(
+    tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    from advrobust.training.checkpoint import save_checkpoint
+
+    data = mini_train.take(100)
+    train(_fresh(), data, config=TrainConfig(epochs=1, batch_size=50), out_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    del state["config"]["train"]["eps_warmup"]  # as written by a version without the option
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+    result = train(_fresh(), data, config=TrainConfig(epochs=2, batch_size=50), out_dir=tmp_path, resume=True)
+    assert result.resumed_from == 1
+    with pytest.raises(ConfigError, match="other settings"):
+        train(
+            _fresh(),
+            data,
+            config=TrainConfig(epochs=3, batch_size=50, lr=2e-3),
+            out_dir=tmp_path,
+            resume=True,
+        )
+
+
 def test_corrupt_and_missing_checkpoints_are_refused(tmp_path: Path, mini_train: ImageDataset) -> None:
     with pytest.raises(ModelFileError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing.pt")

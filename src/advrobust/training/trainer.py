@@ -259,6 +259,9 @@ def _matching_checkpoint(path: Path, record: dict[str, Any], hooks: int) -> dict
     """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks."""
     state = load_checkpoint(path)
     saved = dict(state["config"])
+    if isinstance(saved.get("train"), dict):
+        # Options added after the checkpoint was written take their defaults (which is how it was trained).
+        saved["train"] = {**dataclasses.asdict(TrainConfig()), **saved["train"]}
     mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
     if mismatched:
         raise ConfigError(
