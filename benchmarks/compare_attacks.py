@@ -4,7 +4,9 @@ One run, the same model object, the same first ``--n`` MNIST test images, the sa
 for every library: FGSM, PGD-40 linf (eps 0.3), PGD-40 l2 (eps 2.0), CW-L2, APGD-CE, AutoAttack-standard and
 Square (1,000 queries), on the normally trained and the Fast-AT small CNN of ``benchmarks/train_models.py``;
 then a throughput-only section on a randomly initialised 32x32 ``preact-resnet18`` with random inputs
-(labelled with the model's own predictions, so that every sample is attacked in full by every library).
+(labelled with the model's own predictions). The peers attack every sample for every step there;
+advrobust's PGD drops a sample once it is fooled (its result is then final), which on a random network is
+within a step or two, so its ResNet PGD numbers measure that early exit, not the cost of a step.
 
 Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): images per second of the
 attack alone, peak RSS over the set-up level, robust accuracy recomputed from the returned examples, and
