@@ -17,6 +17,26 @@ from advrobust.training import TrainConfig, train
 torch.set_num_threads(1)
 
 
+class CountingModel(nn.Module):
+    """Wraps a model and counts the samples it is run on (the work an attack does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.samples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += x.shape[0]
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+@pytest.fixture
+def counting() -> type[CountingModel]:
+    """The ``CountingModel`` class, for tests that measure how many samples an attack runs."""
+    return CountingModel
+
+
 @pytest.fixture(scope="session")
 def mini_train() -> ImageDataset:
     return load_dataset("mnist-mini", split="train")

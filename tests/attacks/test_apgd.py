@@ -196,7 +196,7 @@ def test_registered_and_validated(trained_cnn: nn.Module, batch: Batch) -> None:
 
 
 def test_fooled_samples_leave_the_run_without_changing_the_others(
-    trained_cnn: nn.Module, batch: Batch
+    trained_cnn: nn.Module, batch: Batch, counting: type[nn.Module]
 ) -> None:
     # APGD's state is per sample: dropping fooled samples at checkpoints must leave every other sample's
     # trajectory as it was. A sample's random start depends on its position, so compare batches whose
@@ -211,17 +211,7 @@ def test_fooled_samples_leave_the_run_without_changing_the_others(
     # them, which holds: the filter keeps order, and the extra samples come after.
     assert torch.equal(alone, joined[:100])
 
-    class Counting(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.samples = 0
-
-        def forward(self, z: torch.Tensor) -> torch.Tensor:
-            self.samples += z.shape[0]
-            out: torch.Tensor = trained_cnn(z)
-            return out
-
-    counted = Counting()
+    counted = counting(trained_cnn)
     strong = APGD(threat=ThreatModel(eps=0.3), steps=100)(counted, x, y, generator=seeded(0))
     assert not bool(correct(trained_cnn, strong, y).any())
     assert counted.samples < 0.3 * 100 * x.shape[0]

@@ -136,25 +136,13 @@ def test_input_errors_surface(trained_cnn: nn.Module, batch: Batch) -> None:
         PGD(threat=ThreatModel(), steps=0)
 
 
-class Counting(nn.Module):
-    """Counts the samples the wrapped model is run on."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.samples = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += x.shape[0]
-        out: torch.Tensor = self.model(x)
-        return out
-
-
-def test_fooled_samples_leave_the_batch(trained_cnn: nn.Module, batch: Batch) -> None:
+def test_fooled_samples_leave_the_batch(
+    trained_cnn: nn.Module, batch: Batch, counting: type[nn.Module]
+) -> None:
     # linf 0.3 breaks nearly every sample of a normal model within a few steps: the remaining steps
     # run on what is left, so the model sees far fewer than steps x n samples.
     x, y = batch
-    counted = Counting(trained_cnn)
+    counted = counting(trained_cnn)
     steps = 40
     x_adv = PGD(threat=ThreatModel(eps=0.3), steps=steps)(
         counted, x, y, generator=torch.Generator().manual_seed(0)

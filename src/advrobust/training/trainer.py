@@ -249,9 +249,14 @@ def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
         raise ConfigError(
             f"eps_warmup ramps the attack's eps, but {objective.name} trains on clean inputs: drop it"
         )
-    if isinstance(objective, StatefulObjective) or not dataclasses.is_dataclass(objective):
+    if isinstance(objective, StatefulObjective):
         raise ConfigError(
             f"eps_warmup cannot ramp {objective.name}, which keeps state between batches: drop eps_warmup"
+        )
+    if not dataclasses.is_dataclass(objective):
+        raise ConfigError(
+            f"eps_warmup ramps objectives by copying them with a smaller threat, and {objective.name} is not a "
+            "dataclass: make it a frozen dataclass with a `threat` field, or drop eps_warmup"
         )
 
 
