@@ -54,7 +54,7 @@ ATTACKS: dict[str, AttackSpec] = {
         "linf", 0.3, "PGD, linf eps 0.3, 40 steps of 0.01875 (2.5 eps/40), 1 uniform random start"
     ),
     "pgd40-l2": AttackSpec(
-        "l2", 2.0, "PGD, l2 eps 2.0, 40 steps of 0.125 (2.5 eps/40), 1 random start in the ball"
+        "l2", 2.0, "PGD, l2 eps 2.0, 40 steps of 0.125 (2.5 eps/40), 1 random start (each library its own distribution)"
     ),
     "cw-l2": AttackSpec(
         "l2",

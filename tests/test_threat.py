@@ -95,6 +95,35 @@ def test_uniform_l2_radius_distribution() -> None:
     assert abs(float((r**4).mean()) - 0.5) < 0.03
 
 
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_pgd_random_start_has_a_uniform_radius(norm: str) -> None:
+    # Wide bounds so nothing is clipped: the radius / eps must be uniform on [0, 1] (compare its deciles),
+    # unlike random_init, whose radius in 64 dimensions sits almost on the sphere.
+    threat = ThreatModel(norm=norm, eps=2.0, bounds=(-100.0, 100.0))  # type: ignore[arg-type]
+    x = torch.zeros(20000, 1, 8, 8, dtype=torch.float64)
+    start = threat.random_start(x, torch.Generator().manual_seed(0))
+    r = norm_of(start - x, norm) / 2.0  # type: ignore[arg-type]
+    assert float(r.max()) <= 1 + 1e-9
+    deciles = torch.quantile(r, torch.linspace(0.1, 0.9, 9, dtype=torch.float64))
+    assert torch.allclose(deciles, torch.linspace(0.1, 0.9, 9, dtype=torch.float64), atol=0.015)
+    ball = norm_of(threat.random_init(x, torch.Generator().manual_seed(0)) - x, norm) / 2.0  # type: ignore[arg-type]
+    assert float(torch.quantile(ball, 0.1)) > 0.9
+    if norm == "l1":
+        # Uniform direction on the l1 sphere: every coordinate is used, with both signs equally often.
+        assert abs(float((start > 0).double().mean()) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_pgd_random_start_is_feasible_and_seeded(norm: str) -> None:
+    threat = ThreatModel(norm=norm, eps=0.3 if norm == "linf" else 2.0)  # type: ignore[arg-type]
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    a = threat.random_start(x, torch.Generator().manual_seed(3))
+    b = threat.random_start(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, threat.random_start(x, torch.Generator().manual_seed(4)))
+    assert bool(threat.contains(a, x).all())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -152,6 +152,31 @@ class ThreatModel:
             delta = (coords * (2 * signs - 1).to(x.dtype) * eps).reshape(x.shape)
         return self.clamp(x + delta) if clip else x + delta
 
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """PGD's random start: linf uniform in the box (as ``random_init``); l2 / l1 a uniform direction at a
+        radius drawn uniformly from [0, eps], then clipped to bounds.
+
+        A draw uniform in a high-dimensional ball lies almost on its surface, and the projected steps only
+        shrink that random component geometrically, which cost PGD-40 l2 about 0.9 points of robust accuracy
+        on MNIST (benchmarks/RESULTS.md); a uniform radius also tries starts near x.
+        """
+        if self.norm == "linf":
+            return self.random_init(x, generator)
+        if self.norm == "l2":
+            direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+        else:
+            # Laplace coordinates normalised in l1 are uniform on the l1 sphere.
+            expo = (
+                -torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                .clamp_min(1e-12)
+                .log()
+            )
+            signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+            direction = _flat(expo * signs)
+        direction = direction / norm_of(direction, self.norm).to(x.dtype).clamp_min(1e-12).unsqueeze(1)
+        radius = self.eps * torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
+        return self.clamp(x + (direction * radius).reshape(x.shape))
+
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Per-sample perturbation size in this norm, computed in float64. Shape: (N,)."""
         return norm_of(x_adv.double() - x.double(), self.norm)

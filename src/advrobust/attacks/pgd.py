@@ -67,7 +67,7 @@ class PGD(Attack):
             if rows.numel() == 0:
                 break
             run = _Run(x, y, targets, rows, best, best_loss)
-            x_adv = threat.random_init(run.x, generator) if self.random_start else run.x.clone()
+            x_adv = threat.random_start(run.x, generator) if self.random_start else run.x.clone()
             for i in range(self.steps):
                 grad, logits, loss = input_gradient(model, x_adv, run.y, run.targets, self.loss)
                 run.keep(x_adv, logits, loss)

@@ -213,7 +213,7 @@ class RobustDistillation(AdversarialObjective):
             cross_entropy_of(y) if self.inner_loss == "ce" else lambda logits: kl_from(target, logits / t)
         )
         step_size = self.step_size if self.step_size is not None else self.threat.eps / 4
-        start = self.threat.random_init(x, generator)
+        start = self.threat.random_start(x, generator)
         with attack_context(model, self.attack_mode):
             x_adv = ascend(model, x, start, inner, threat=self.threat, steps=self.steps, step_size=step_size)
         logits_adv = model(x_adv)

@@ -54,7 +54,7 @@ class PGDAT(AdversarialObjective):
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        start = self.threat.random_init(x, generator) if self.random_start else x
+        start = self.threat.random_start(x, generator) if self.random_start else x
         with attack_context(model, self.attack_mode):
             x_adv = ascend(
                 model,
