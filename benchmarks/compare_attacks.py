@@ -12,6 +12,8 @@ Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``
 attack alone, peak RSS over the set-up level, robust accuracy recomputed from the returned examples, and
 every returned example checked against the eps-ball (eps + 1e-6) and [0, 1]. A library without the attack
 is "n/a". The settings each library is given are in the JSON (``settings``) and in ``harness.ATTACKS``.
+Run k of a case uses seed + k in every library: times are the fastest run's, robust accuracies (and the
+differences between libraries) the mean over the runs, since one draw of a random start moves them by ~1 point.
 
 AutoAttack is the slowest case; ``--autoattack-from autoattack.json`` reuses ``autoattack_mnist.py``'s
 measurements (same harness, same images) instead of running it again.
@@ -166,11 +168,24 @@ def _ok(cases: list[dict[str, Any]], model: str, attack: str) -> dict[str, dict[
     }
 
 
+def run_flags(c: dict[str, Any]) -> list[str]:
+    """The per-image robust flags of every successful run of a case (one per seed)."""
+    flags = [
+        r["robust_flags"] for r in c.get("runs", []) if r.get("status") == "ok" and r.get("robust_flags")
+    ]
+    return flags or [c["robust_flags"]]
+
+
 def common_accuracy(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, int]:
-    """Robust accuracies of a and b on the images both ran on (the first min(n_a, n_b))."""
+    """Mean robust accuracies of a and b over their runs, on the images both ran on (the first
+    min(n_a, n_b))."""
     n = min(a["n"], b["n"])
-    fa, fb = a["robust_flags"][:n], b["robust_flags"][:n]
-    return fa.count("1") / n, fb.count("1") / n, n
+    fa, fb = run_flags(a), run_flags(b)
+    return (
+        sum(f[:n].count("1") for f in fa) / (n * len(fa)),
+        sum(f[:n].count("1") for f in fb) / (n * len(fb)),
+        n,
+    )
 
 
 def ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,6 +222,7 @@ def ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 acc_ours, acc_peer, n = common_accuracy(ours, v)
                 entry["accuracy_vs_peer"][k] = {
                     "n": n,
+                    "runs": [len(run_flags(ours)), len(run_flags(v))],
                     "advrobust": acc_ours,
                     "peer": acc_peer,
                     "difference_points": 100 * (acc_ours - acc_peer),
@@ -280,6 +296,15 @@ def goals(cases: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> list
     return out
 
 
+def robust_cell(c: dict[str, Any]) -> str:
+    """ "86.3%" for one run, "85.9% (85.5-86.3, 3 seeds)" for several."""
+    values = c.get("robust_accuracy_runs") or [c["robust_accuracy"]]
+    mean = sum(values) / len(values)
+    if len(values) == 1 or min(values) == max(values):
+        return f"{mean:.1%}" + (f" ({len(values)} seeds)" if len(values) > 1 else "")
+    return f"{mean:.1%} ({min(values):.1%}-{max(values):.1%}, {len(values)} seeds)"
+
+
 def tables(report: dict[str, Any]) -> str:
     cases = report["cases"]
     rows: list[str] = []
@@ -308,7 +333,7 @@ def tables(report: dict[str, Any]) -> str:
             rows.append(
                 f"| {c['attack']} | {c['library']}{reused} | {c['n']} | {c['images_per_second']:.1f} "
                 f"| {c['seconds']:.1f} | {harness.fmt(c.get('peak_rss_delta_mb'), '.0f')} "
-                f"| {c['clean_accuracy']:.1%} | {c['robust_accuracy']:.1%} | {cw} | {harness.fmt(c['eps_violations'], 'd', 'n/a')} "
+                f"| {c['clean_accuracy']:.1%} | {robust_cell(c)} | {cw} | {harness.fmt(c['eps_violations'], 'd', 'n/a')} "
                 f"| {c['bounds_violations']} | {c['load_before']:.2f} / {c['load_after']:.2f} | {harness.timing(c)} |"
             )
         rows += [
@@ -323,7 +348,8 @@ def tables(report: dict[str, Any]) -> str:
                 continue
             per = ", ".join(f"{k} {v:.2f}x" for k, v in r["per_peer_throughput_ratio"].items())
             acc = ", ".join(
-                f"{k} {v['difference_points']:+.1f} (n={v['n']})" for k, v in r["accuracy_vs_peer"].items()
+                f"{k} {v['difference_points']:+.2f} (n={v['n']}, runs {v['runs'][0]}/{v['runs'][1]})"
+                for k, v in r["accuracy_vs_peer"].items()
             )
             mem = f"{r['memory_ratio']:.2f}x {r['leanest_peer']}" if r["memory_ratio"] is not None else "-"
             rows.append(
