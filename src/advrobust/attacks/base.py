@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from advrobust.attacks.losses import LossName, attack_loss
 from advrobust.contract import check_inputs, check_labels, check_outputs, eval_mode
+from advrobust.cpu_grad import fast_input_gradients
 from advrobust.errors import ConfigError
 from advrobust.threat import Norm, ThreatModel, norm_of
 
@@ -61,7 +62,7 @@ class Attack(ABC):
         x = x.detach()
         if check:
             self._check(model, x, y, targets)
-        with eval_mode(model):
+        with eval_mode(model), fast_input_gradients(model):
             x_adv = self.run(model, x, y, targets, generator)
         return self.threat.project(x_adv.detach(), x)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from advrobust.attacks.base import steepest_direction
+from advrobust.cpu_grad import fast_input_gradients
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
 
@@ -66,12 +67,13 @@ def ascend(
     if isinstance(model, DistributedDataParallel):
         model = model.module
     x_adv = threat.project(start.detach(), x) if project_start else start.detach()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            value = loss(model(x_adv).float()).sum()
-            (grad,) = torch.autograd.grad(value, x_adv)
-        x_adv = threat.project(x_adv.detach() + step_size * steepest_direction(grad, threat.norm), x)
+    with fast_input_gradients(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                value = loss(model(x_adv).float()).sum()
+                (grad,) = torch.autograd.grad(value, x_adv)
+            x_adv = threat.project(x_adv.detach() + step_size * steepest_direction(grad, threat.norm), x)
     return x_adv
 
 

@@ -1,0 +1,146 @@
+"""fast_input_gradients: the native input-gradient kernel for few-channel convolutions on one CPU thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advrobust import ThreatModel
+from advrobust.attacks import create_attack
+from advrobust.cpu_grad import MAX_CHANNELS, fast_input_gradients
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def net(in_channels: int = 1, **conv: object) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, **conv),  # type: ignore[arg-type]
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),  # too many input channels: left alone
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(5),
+    ).eval()
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+    return grad
+
+
+def backward_names(model: nn.Module, x: torch.Tensor) -> list[str]:
+    names: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: names.append(type(out.grad_fn).__name__))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        model(x.detach().requires_grad_(True))
+    finally:
+        for h in hooks:
+            h.remove()
+    return names
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {},
+        {"stride": 2, "padding": 1},
+        {"padding": 2, "dilation": 2},
+        {"stride": (2, 1), "padding": (0, 1), "bias": False},
+    ],
+)
+@pytest.mark.parametrize("in_channels", [1, 3, 4])
+def test_gradients_match_the_default_kernels(
+    one_thread: None, conv: dict[str, object], in_channels: int
+) -> None:
+    model = net(in_channels, **conv)
+    x = torch.rand(16, in_channels, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(2))
+    reference = input_grad(model, x, y)
+    with fast_input_gradients(model):
+        assert backward_names(model, x) == ["_NativeInputGradConvBackward", "ConvolutionBackward0"]
+        fast = input_grad(model, x, y)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_grouped_convolution_with_few_channels_per_group(one_thread: None) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x, y = torch.rand(4, 8, 9, 9), torch.tensor([0, 1, 2, 0])
+    reference = input_grad(model, x, y)
+    with fast_input_gradients(model):
+        torch.testing.assert_close(input_grad(model, x, y), reference, rtol=1e-5, atol=1e-7)
+
+
+def test_model_restored_and_nesting_and_errors(one_thread: None) -> None:
+    model = net()
+    x = torch.rand(2, 1, 12, 12)
+    with pytest.raises(RuntimeError, match="boom"), fast_input_gradients(model):
+        with fast_input_gradients(model):
+            pass
+        assert "forward" in vars(model[0])  # the inner block did not undo the outer one
+        raise RuntimeError("boom")
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert backward_names(model, x) == ["ConvolutionBackward0", "ConvolutionBackward0"]
+
+
+def test_left_alone_where_it_does_not_pay(one_thread: None) -> None:
+    model = net(MAX_CHANNELS + 1)
+    x = torch.rand(2, MAX_CHANNELS + 1, 12, 12)
+    with fast_input_gradients(model):
+        assert backward_names(model, x) == ["ConvolutionBackward0"] * 2  # too many channels
+    model = net()
+    x = torch.rand(2, 1, 12, 12)
+    with fast_input_gradients(model):
+        assert backward_names(model.double(), x.double()) == ["ConvolutionBackward0"] * 2  # float64
+        model.float()
+        torch.set_num_threads(2)
+        assert backward_names(model, x) == ["ConvolutionBackward0"] * 2  # oneDNN scales, native does not
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            assert model(x).grad_fn is None
+
+
+def test_weights_get_no_gradient_inside(one_thread: None) -> None:
+    model = net()
+    x, y = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
+    with fast_input_gradients(model):
+        F.cross_entropy(model(x.requires_grad_(True)), y).backward()
+    assert model[0].weight.grad is None and model[0].bias.grad is None
+    assert model[2].weight.grad is not None  # the other layers are untouched
+
+
+def test_attacks_use_it_and_find_the_same_points(one_thread: None) -> None:
+    # PGD goes through Attack.__call__, which applies fast_input_gradients; the result equals PGD on a
+    # model the context cannot touch (a subclass of Conv2d is never patched) up to float rounding.
+    class Plain(nn.Conv2d):
+        pass
+
+    model = net()
+    x = torch.rand(32, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1).detach()
+    twin = net()
+    twin[0] = Plain(1, 8, 3)
+    twin.load_state_dict(model.state_dict())
+    seen: list[str] = []
+    model[0].register_forward_hook(lambda _m, _i, out: seen.append(type(out.grad_fn).__name__))
+    pgd = create_attack("pgd", threat=ThreatModel(norm="l2", eps=1.0), steps=10)
+    fast = pgd(model, x, y, generator=torch.Generator().manual_seed(0))
+    plain = pgd(twin, x, y, generator=torch.Generator().manual_seed(0))
+    assert "_NativeInputGradConvBackward" in seen
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
