@@ -1,8 +1,8 @@
 """The training loop shared by every objective: seeded, checkpointed every epoch, resumable exactly.
 
 Beyond the loop: replays (several optimizer steps per batch, for Free-AT), callbacks that may stop the run
-(Fast-AT's overfitting guard), an optional EMA of the weights, bf16 autocast on CUDA, channels_last on CUDA
-and CPU, and, for adversarial objectives, robust validation on samples held out of the training data with selection of
+(Fast-AT's overfitting guard), an optional EMA of the weights, bf16 autocast and channels_last on CUDA, and,
+for adversarial objectives, robust validation on samples held out of the training data with selection of
 the most robust epoch (robust overfitting, Rice, Wong & Kolter, 2020, arXiv:2002.11569).
 """
 
@@ -42,7 +42,6 @@ from advrobust.training.objectives import (
 from advrobust.training.validation import accuracy, holdout_split, robust_accuracy
 
 CHECKPOINT_NAME = "checkpoint.pt"
-_CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 PROGRESS_EVERY = 10
 logger = logging.getLogger("advrobust.training")
 
@@ -56,9 +55,7 @@ class TrainConfig:
     ``robust_val`` samples are held out of the training data and attacked with PGD-``robust_val_steps``
     after each epoch (None: 500, at most a tenth of the data, for adversarial objectives; 0 for clean ones);
     ``select="best"`` then delivers the epoch with the highest robust (then clean) held-out accuracy.
-    ``amp`` (bf16 autocast) applies on CUDA only, ``channels_last`` on CUDA and CPU (oneDNN: a Fast-AT
-    batch of the small MNIST CNN 1.14x faster on one thread, a CIFAR ResNet-18 1.05-1.08x, never slower in
-    benchmarks/RESULTS.md). ``eps_warmup`` (epochs, may be
+    ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only. ``eps_warmup`` (epochs, may be
     fractional) ramps an adversarial objective's eps linearly from 0 to its full value, step by step, over
     that many epochs (0: off); pure PGD-AT of a small model from scratch may not train without it.
     """
@@ -316,7 +313,7 @@ class _Run:
         hooks: list[Callback],
     ) -> _Run:
         model.to(device)
-        if config.channels_last and device.type in _CHANNELS_LAST_DEVICES:
+        if device.type == "cuda" and config.channels_last:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         threat = objective_threat(objective)
         if config.eps_warmup > 0:
@@ -398,7 +395,7 @@ class _Run:
         loader = BatchLoader(
             self.train_data, batch_size=self.config.batch_size, device=device, indices=indices
         )
-        channels_last = self.config.channels_last and device.type in _CHANNELS_LAST_DEVICES
+        channels_last = self.cuda and self.config.channels_last
         model.train()
         tick = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -406,11 +403,7 @@ class _Run:
         clean_correct = torch.zeros((), dtype=torch.long, device=device)
         evaluated = images = clean_seen = 0
         for step, (x_batch, y) in enumerate(loader, start=1):
-            x = (
-                x_batch.contiguous(memory_format=torch.channels_last)
-                if channels_last and x_batch.dim() == 4
-                else x_batch
-            )
+            x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
             objective = self.objective_at(epoch, step)
             for _ in range(replays):
                 with _autocast(amp):
