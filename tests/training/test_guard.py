@@ -60,7 +60,8 @@ def test_guard_restores_the_last_good_weights_when_robustness_collapses(
     stopped = result.stopped
     assert stopped is not None and "catastrophic overfitting" in stopped["reason"]
     good = (stopped["restored_epoch"], stopped["restored_step"])
-    assert good < (stopped["epoch"], stopped["step"]) and ((good[0] - 1) * 32 + good[1]) % 5 == 0
+    failed_at = (stopped["epoch"], stopped["step"] or 32)  # step 0: the epoch-end check, after step 32
+    assert good < failed_at and ((good[0] - 1) * 32 + good[1]) % 5 == 0
     assert (stopped["epoch"], stopped["step"]) not in recorder.weights  # the run ended at the failed check
     # Both the raw weights and their EMA went back to the last good check; the EMA is delivered.
     assert result.weights == "ema"
