@@ -23,9 +23,10 @@ from advrobust.errors import ConfigError
 class PGD(Attack):
     """Projected gradient descent (Madry et al., 2018, arXiv:1706.06083), linf / l2 / l1.
 
-    Default step size 2.5 * eps / steps (Madry et al., appendix). Over steps and restarts each sample keeps
-    its best point: the first one that fools the model, otherwise the one with the highest loss. A fooled
-    sample leaves the batch (its result is final), so the cost falls as samples break.
+    Default step size 2.5 * eps / steps (Madry et al., appendix); starts from ``threat.random_start`` (uniform
+    in the linf box, a uniform radius in l2 / l1) unless ``random_start=False``. Over steps and restarts each
+    sample keeps its best point: the first one that fools the model, otherwise the one with the highest loss.
+    A fooled sample leaves the batch (its result is final), so the cost falls as samples break.
     Shape: x (N, C, H, W) in threat.bounds, y (N,) int64 -> x_adv like x.
     """
 

@@ -173,7 +173,7 @@ class RobustDistillation(AdversarialObjective):
     """Adversarially robust distillation, ARD (Goldblum et al., 2020, arXiv:1905.09747):
     alpha * T^2 * KL(teacher(x)/T || student(x')/T) + (1 - alpha) * CE(student(x), y).
 
-    x' is the last of ``steps`` PGD steps against the student from a uniform random start in the eps-ball,
+    x' is the last of ``steps`` PGD steps against the student from a random start (``ThreatModel.random_start``),
     maximising the student's cross-entropy on y as in the paper and its code (``inner_loss="ce"``), or, with
     ``inner_loss="kl"``, the KL term itself (the teacher's soft labels as the target, as in RSLAD, Zi et al.,
     2021). Defaults from the paper's code: T 30, alpha 1, 10 steps of eps / 4. The KL is summed over the

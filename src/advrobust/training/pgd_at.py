@@ -26,7 +26,7 @@ from advrobust.training.objectives import register_objective
 class PGDAT(AdversarialObjective):
     """PGD adversarial training (Madry et al., 2018, arXiv:1706.06083).
 
-    Cross-entropy on PGD-``steps`` points from a uniform random start in the eps-ball; ``step_size``
+    Cross-entropy on PGD-``steps`` points from a random start (``ThreatModel.random_start``); ``step_size``
     defaults to 2.5 * eps / steps (Madry et al., appendix). ``clean_weight`` w mixes in the clean loss:
     (1 - w) * adversarial + w * clean (0: pure adversarial training, as in the paper).
     Shape: x (N, C, H, W) in threat.bounds, y (N,) -> (loss, adversarial logits (N, K)).
