@@ -130,9 +130,11 @@ def load_inputs(case: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
 
     n = int(case["n"])
     if case["model"] == RESNET_MODEL:
-        torch.manual_seed(int(case.get("seed", 0)))
+        # The same network and inputs in every run of the case (runs differ in the attack's seed only).
+        data_seed = int(case.get("data_seed", case.get("seed", 0)))
+        torch.manual_seed(data_seed)
         model = advrobust.create_model("preact-resnet18", num_classes=10, in_channels=3).eval()
-        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(int(case.get("seed", 0))))
+        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(data_seed))
         with torch.no_grad():
             # Labels are the model's own predictions: every sample is clean-correct, so no library can
             # skip work on samples that are misclassified to begin with.
@@ -459,12 +461,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {**case, "settings": spec.settings, "norm": spec.norm, "eps": spec.eps}
     if attack not in AVAILABLE[library]:
         return {**out, "status": "n/a"}
+    model, x, y = load_inputs(case)
     # Every library's global RNGs get this run's seed (torchattacks and foolbox draw random starts from
     # torch's, ART from numpy's); advrobust gets it through its generators.
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model, x, y = load_inputs(case)
     fn, extra = ADAPTERS[library](attack, model, x, y, bs, seed)
     clean_pred = predict(model, x, bs)  # also the warm-up pass
     clean_ok = clean_pred == y
@@ -610,7 +612,8 @@ class Runner:
             return {**case, "status": "n/a"}
         # Run k of a case uses seed + k in every library, so repeats of a randomised attack sample its
         # spread (a single draw of PGD-40 l2 on 1,000 MNIST images moves by up to ~1.5 points).
-        case = {**case, "seed": int(case.get("seed", 0)) + len(self.runs.get(case_key(case), []))}
+        base = int(case.get("seed", 0))
+        case = {**case, "data_seed": base, "seed": base + len(self.runs.get(case_key(case), []))}
         load = wait_for_quiet(self.max_load, self.load_tries, self.load_pause)
         name = f"{case.get('model_name', case['model'])} {case['library']} {case['attack']} n={case['n']}"
         print(f"- {name} (load {load:.2f}) ...", flush=True)

@@ -124,6 +124,17 @@ def test_pgd_random_start_is_feasible_and_seeded(norm: str) -> None:
     assert bool(threat.contains(a, x).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_random_starts_in_half_precision_are_finite_and_feasible(norm: str, dtype: torch.dtype) -> None:
+    # 1e-12 underflows to 0 in float16: a log of it would put inf / NaN into the start.
+    threat = ThreatModel(norm=norm, eps=0.3 if norm == "linf" else 2.0)  # type: ignore[arg-type]
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for start in (threat.random_init(x, torch.Generator().manual_seed(1)), threat.random_start(x)):
+        assert start.dtype == dtype and bool(torch.isfinite(start).all())
+        assert bool(threat.contains(start.float(), x.float(), tol=1e-2).all())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -3,22 +3,26 @@
 Attacks ask for the gradient of the loss with respect to the image, so they run the backward pass of the
 first convolution, which training never does (the data needs no gradient). On CPUs PyTorch computes it with
 oneDNN, whose backward-data kernel is slow when a convolution has few input channels: measured on one
-thread (torch 2.13, AMD EPYC, float32), 1 -> 16 channels 4x4 stride 2 on 250 MNIST images 6.8 ms vs 1.45 ms
-for PyTorch's native kernel, 1 -> 32 5x5 45.8 vs 10.4 ms, 3 -> 64 3x3 on 64 CIFAR images 13.0 vs 6.1 ms,
-4 -> 32 13.6 vs 9.2 ms; from 8 input channels up oneDNN is faster. On two threads the native kernel scales
-worse and the gap closes or turns, so the switch applies on one thread only.
+thread (torch 2.13, AMD EPYC, float32), 1 -> 16 channels 4x4 stride 2 on 250 MNIST images 6.7 ms vs 1.4 ms
+for PyTorch's native kernel, 1 -> 32 5x5 46 vs 10 ms, 3 -> 64 3x3 on 64 CIFAR images 12.9 vs 5.7 ms,
+4 -> 32 13.7 vs 9.0 ms; from 8 input channels up oneDNN is faster (``benchmarks/conv_input_grad.py``). On
+two threads the native kernel scales worse and the gap closes or turns, so the switch applies on one
+thread only.
 
 ``fast_input_gradients(model)`` is used where only input gradients are taken (attacks, the inner
-maximisation of adversarial training): inside it, every plain ``nn.Conv2d`` with at most
-``MAX_CHANNELS`` input channels per group computes its forward as usual and its input gradient with the
-native kernel, and no gradient for its weights (nothing there asks for one). The model is restored on exit.
+maximisation of adversarial training). Inside it, in the calling thread, every plain ``nn.Conv2d`` of
+``model`` with at most ``MAX_CHANNELS`` input channels (no groups, no dilation, zero padding) computes its
+forward as usual and its input gradient with the native kernel, and no gradient for its weights (nothing
+there asks for one). Other threads using the same model meanwhile, and copies of it, see plain
+convolutions. The model's modules get their own class back on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,93 +30,98 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 MAX_CHANNELS = 4
-"""Convolutions with at most this many input channels per group take the native input-gradient kernel."""
+"""Convolutions with at most this many input channels take the native input-gradient kernel."""
+
+_local = threading.local()
+_NATIVE = getattr(torch.ops.aten, "_slow_conv2d_backward", None)
+
+
+def _active() -> bool:
+    return getattr(_local, "depth", 0) > 0
 
 
 class _NativeInputGradConv(torch.autograd.Function):
-    """conv2d whose backward returns the input gradient only, computed with oneDNN switched off."""
+    """conv2d (groups 1, dilation 1) whose backward returns the input gradient only, from the native kernel."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2d) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int]
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.conv = conv
-        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         x, weight = ctx.saved_tensors
-        conv: nn.Conv2d = ctx.conv
-        enabled = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
-        try:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad.contiguous(),
-                x,
-                weight,
-                ctx.bias_sizes,
-                list(conv.stride),
-                list(conv.padding),
-                list(conv.dilation),
-                False,
-                [0, 0],
-                conv.groups,
-                [True, False, False],
-            )[0]
-        finally:
-            torch.backends.mkldnn.enabled = enabled
-        return grad_x, None, None, None
+        assert _NATIVE is not None  # checked before the Function is used
+        kernel = list(weight.shape[2:])
+        grad_x = _NATIVE(
+            grad.contiguous(),
+            x.contiguous(),
+            weight.contiguous(),
+            kernel,
+            ctx.stride,
+            ctx.padding,
+            [True, False, False],
+        )[0]
+        return grad_x, None, None, None, None
 
 
-def _eligible(module: nn.Module) -> TypeGuard[nn.Conv2d]:
+class _FastInputGradConv2d(nn.Conv2d):
+    """The class an eligible ``nn.Conv2d`` wears inside ``fast_input_gradients``: the plain convolution
+    except in a thread where the block is active and the input needs a gradient."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if (
+            _active()
+            and input.dim() == 4
+            and input.device.type == "cpu"
+            and input.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and input.requires_grad
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and torch.get_num_threads() == 1
+        ):
+            bias = None if self.bias is None else self.bias.detach()
+            stride, padding = list(self.stride), list(self.padding)
+            out: Tensor = _NativeInputGradConv.apply(input, self.weight.detach(), bias, stride, padding)  # type: ignore[no-untyped-call]
+            return out
+        return super().forward(input)
+
+
+def _eligible(module: nn.Module) -> bool:
     return (
         type(module) is nn.Conv2d
         and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
-        and module.in_channels // module.groups <= MAX_CHANNELS
-        and "forward" not in vars(module)
+        and module.groups == 1
+        and tuple(module.dilation) == (1, 1)
+        and module.in_channels <= MAX_CHANNELS
     )
-
-
-def _patched_forward(conv: nn.Conv2d) -> Any:
-    original = conv.forward
-
-    def forward(x: Tensor) -> Tensor:
-        if (
-            x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or conv.weight.dtype != torch.float32
-            or not x.requires_grad
-            or not torch.is_grad_enabled()
-            or torch.is_autocast_enabled("cpu")
-            or torch.get_num_threads() != 1
-        ):
-            return original(x)
-        bias = None if conv.bias is None else conv.bias.detach()
-        out: Tensor = _NativeInputGradConv.apply(x, conv.weight.detach(), bias, conv)  # type: ignore[no-untyped-call]
-        return out
-
-    return forward
 
 
 @contextlib.contextmanager
 def fast_input_gradients(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, few-channel convolutions of ``model`` take the faster input-gradient kernel on
-    one CPU thread (see the module docstring); their weights get no gradient. Nested uses are no-ops.
+    """Within the block, in this thread, few-channel convolutions of ``model`` take the faster
+    input-gradient kernel on one CPU thread (see the module docstring); their weights get no gradient.
 
-    A compiled model (``torch.compile``) is left as it is.
+    Nested uses are fine. A compiled model (``torch.compile``) is left as it is.
     """
-    if any(type(m).__name__ == "OptimizedModule" for m in model.modules()):
+    if _NATIVE is None or any(type(m).__name__ == "OptimizedModule" for m in model.modules()):
         yield model
         return
-    patched = [m for m in model.modules() if _eligible(m)]
-    for conv in patched:
-        conv.forward = _patched_forward(conv)  # type: ignore[method-assign]
+    swapped = [m for m in model.modules() if _eligible(m)]
+    for conv in swapped:
+        conv.__class__ = _FastInputGradConv2d
+    _local.depth = getattr(_local, "depth", 0) + 1
     try:
         yield model
     finally:
-        for conv in patched:
-            vars(conv).pop("forward", None)
+        _local.depth -= 1
+        for conv in swapped:
+            conv.__class__ = nn.Conv2d

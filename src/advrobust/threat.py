@@ -136,7 +136,7 @@ class ThreatModel:
             delta = (2 * noise - 1) * eps
         elif self.norm == "l2":
             direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             u = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
             delta = (direction * eps * u.pow(1.0 / direction.shape[1])).reshape(x.shape)
         else:
@@ -144,7 +144,7 @@ class ThreatModel:
             flat_shape = (x.shape[0], x[0].numel() + 1)
             expo = (
                 -torch.rand(flat_shape, generator=generator, device=x.device, dtype=x.dtype)
-                .clamp_min(1e-12)
+                .clamp_min(torch.finfo(x.dtype).tiny)
                 .log()
             )
             signs = torch.randint(0, 2, (x.shape[0], flat_shape[1] - 1), generator=generator, device=x.device)
@@ -168,12 +168,14 @@ class ThreatModel:
             # Laplace coordinates normalised in l1 are uniform on the l1 sphere.
             expo = (
                 -torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                .clamp_min(1e-12)
+                .clamp_min(torch.finfo(x.dtype).tiny)
                 .log()
             )
             signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
             direction = _flat(expo * signs)
-        direction = direction / norm_of(direction, self.norm).to(x.dtype).clamp_min(1e-12).unsqueeze(1)
+        direction = direction / norm_of(direction, self.norm).clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(
+            1
+        )
         radius = self.eps * torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
         return self.clamp(x + (direction * radius).reshape(x.shape))
 
