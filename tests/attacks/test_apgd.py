@@ -147,39 +147,27 @@ def test_more_restarts_break_a_superset(trained_cnn: nn.Module, batch: Batch) ->
     assert int(fooled_three.sum()) >= int(fooled_one.sum())
 
 
-class Counting(nn.Module):
-    """Counts the samples passed through the model."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.seen = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += x.shape[0]
-        out: torch.Tensor = self.model(x)
-        return out
-
-
-def test_eot_averages_over_draws(trained_cnn: nn.Module, batch: Batch) -> None:
+def test_eot_averages_over_draws(trained_cnn: nn.Module, batch: Batch, counting: type[nn.Module]) -> None:
     x, y = batch[0][:50], batch[1][:50]
     threat = ThreatModel(eps=0.1)
-    once, twice = Counting(trained_cnn), Counting(trained_cnn)
+    once, twice = counting(trained_cnn), counting(trained_cnn)
     plain = APGD(threat=threat, steps=5)(once, x, y, generator=seeded(), check=False)
     averaged = APGD(threat=threat, steps=5, eot_iter=2)(twice, x, y, generator=seeded(), check=False)
     # On a deterministic model the average of identical draws is the draw itself.
     assert torch.equal(plain, averaged)
-    assert twice.seen - 50 == 2 * (once.seen - 50)  # one clean pass, then eot_iter passes per point
+    assert twice.samples - 50 == 2 * (once.samples - 50)  # one clean pass, then eot_iter passes per point
 
 
-def test_samples_fooled_at_x_come_back_unchanged(trained_cnn: nn.Module, batch: Batch) -> None:
+def test_samples_fooled_at_x_come_back_unchanged(
+    trained_cnn: nn.Module, batch: Batch, counting: type[nn.Module]
+) -> None:
     x = batch[0][:50]
     with torch.no_grad():
         wrong = (trained_cnn(x).argmax(1) + 1) % 10  # labels no prediction matches: all "misclassified"
-    counting = Counting(trained_cnn)
-    x_adv = APGD(threat=ThreatModel(eps=0.3), steps=100)(counting, x, wrong, check=False)
+    counted = counting(trained_cnn)
+    x_adv = APGD(threat=ThreatModel(eps=0.3), steps=100)(counted, x, wrong, check=False)
     assert torch.equal(x_adv, x)
-    assert counting.seen == 50  # only the clean pass: nothing left to attack
+    assert counted.samples == 50  # only the clean pass: nothing left to attack
 
 
 def test_registered_and_validated(trained_cnn: nn.Module, batch: Batch) -> None:
