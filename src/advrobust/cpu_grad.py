@@ -112,10 +112,11 @@ def fast_input_gradients(model: nn.Module) -> Iterator[nn.Module]:
 
     Nested uses are fine. A compiled model (``torch.compile``) is left as it is.
     """
-    if _NATIVE is None or any(type(m).__name__ == "OptimizedModule" for m in model.modules()):
+    modules = list(model.modules())
+    if _NATIVE is None or any(type(m).__name__ == "OptimizedModule" for m in modules):
         yield model
         return
-    swapped = [m for m in model.modules() if _eligible(m)]
+    swapped = [m for m in modules if _eligible(m)]
     for conv in swapped:
         conv.__class__ = _FastInputGradConv2d
     _local.depth = getattr(_local, "depth", 0) + 1

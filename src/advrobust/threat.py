@@ -73,6 +73,25 @@ def project_delta(delta: Tensor, norm: Norm, eps: Tensor | float) -> Tensor:
     return project_l1_ball(delta, eps)
 
 
+def _exponentials(shape: tuple[int, ...], x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard exponential draws of ``shape`` in x's dtype and device (finite in half precision too)."""
+    uniform = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+    return -uniform.clamp_min(torch.finfo(x.dtype).tiny).log()
+
+
+def _unit_direction(x: Tensor, norm: Norm, generator: torch.Generator | None) -> Tensor:
+    """One direction per sample, uniform on the unit sphere of ``norm`` ("l2" or "l1"). Shape: (N, D)."""
+    if norm == "l2":
+        direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+    else:
+        # Laplace coordinates normalised in l1 are uniform on the l1 sphere.
+        magnitude = _exponentials(tuple(x.shape), x, generator)
+        signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        direction = _flat(magnitude * signs)
+    size = norm_of(direction, norm).clamp_min(torch.finfo(x.dtype).tiny)
+    return direction / size.unsqueeze(1)
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """The set of allowed adversarial inputs: ``x'`` with ``||x' - x||_norm <= eps`` inside ``bounds``.
@@ -135,18 +154,13 @@ class ThreatModel:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             delta = (2 * noise - 1) * eps
         elif self.norm == "l2":
-            direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+            direction = _unit_direction(x, "l2", generator)
             u = torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
             delta = (direction * eps * u.pow(1.0 / direction.shape[1])).reshape(x.shape)
         else:
             # Uniform in the l1 ball: signed exponentials divided by their sum plus one more exponential.
             flat_shape = (x.shape[0], x[0].numel() + 1)
-            expo = (
-                -torch.rand(flat_shape, generator=generator, device=x.device, dtype=x.dtype)
-                .clamp_min(torch.finfo(x.dtype).tiny)
-                .log()
-            )
+            expo = _exponentials(flat_shape, x, generator)
             signs = torch.randint(0, 2, (x.shape[0], flat_shape[1] - 1), generator=generator, device=x.device)
             coords = expo[:, :-1] / expo.sum(dim=1, keepdim=True)
             delta = (coords * (2 * signs - 1).to(x.dtype) * eps).reshape(x.shape)
@@ -162,20 +176,7 @@ class ThreatModel:
         """
         if self.norm == "linf":
             return self.random_init(x, generator)
-        if self.norm == "l2":
-            direction = _flat(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-        else:
-            # Laplace coordinates normalised in l1 are uniform on the l1 sphere.
-            expo = (
-                -torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                .clamp_min(torch.finfo(x.dtype).tiny)
-                .log()
-            )
-            signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-            direction = _flat(expo * signs)
-        direction = direction / norm_of(direction, self.norm).clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(
-            1
-        )
+        direction = _unit_direction(x, self.norm, generator)
         radius = self.eps * torch.rand(x.shape[0], 1, generator=generator, device=x.device, dtype=x.dtype)
         return self.clamp(x + (direction * radius).reshape(x.shape))
 
