@@ -27,6 +27,7 @@ import harness
 import torch
 
 MODELS = ("mnist-standard", "mnist-fast-at")
+OTHER_MODELS = ("mnist-pgd-at", "mnist-trades")  # train_models.py --only ...; run when named with --model
 PEERS = ("torchattacks", "art")
 
 
@@ -35,7 +36,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", type=Path, required=True, help="folder of the train_models.py runs")
-    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (default: both)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=MODELS + OTHER_MODELS,
+        help="only these models (default: the two benchmark models)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--n", type=int, default=1000, help="first n MNIST test images (default 1000)")
     parser.add_argument(
@@ -63,7 +69,7 @@ def main() -> None:
     for item in args.limit:
         pair, _, n = item.partition("=")
         peer, _, model = pair.partition(":")
-        if peer not in PEERS or model not in MODELS or not n.isdigit():
+        if peer not in PEERS or model not in MODELS + OTHER_MODELS or not n.isdigit():
             parser.error(f"--limit {item!r}: write peer:model=n, e.g. art:mnist-fast-at=100")
         peer_n[(peer, model)] = int(n)
     torch.set_num_threads(args.threads)

