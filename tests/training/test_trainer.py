@@ -28,7 +28,7 @@ from advrobust.training import (
     load_checkpoint,
     train,
 )
-from advrobust.training.trainer import _cyclic
+from advrobust.training.trainer import _cyclic, _optimizer
 
 from .conftest import THREAT, make_objective, small_cnn
 
@@ -404,3 +404,24 @@ def test_eps_warmup_is_refused_where_it_cannot_apply(mini_train: ImageDataset) -
         train(small_cnn(), data, objective=FreeAT(threat=THREAT), config=TrainConfig(epochs=1, eps_warmup=1))
     with pytest.raises(ConfigError, match="eps_warmup"):
         TrainConfig(eps_warmup=-1)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_optimizer_takes_the_fused_step_and_matches_the_per_tensor_one(optimizer: str) -> None:
+    # The fused step is one kernel over all parameters; it must update them as the per-tensor loop does.
+    config = TrainConfig(optimizer=optimizer, lr=0.01, weight_decay=1e-4)  # type: ignore[arg-type]
+    fused_model, plain_model = small_cnn(), small_cnn()
+    fused = _optimizer(fused_model, config)
+    assert all(group["fused"] for group in fused.param_groups)
+    cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    extra = {"momentum": config.momentum} if optimizer == "sgd" else {}
+    plain = cls(plain_model.parameters(), lr=0.01, weight_decay=1e-4, **extra)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
