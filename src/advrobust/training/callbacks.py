@@ -28,7 +28,8 @@ class Stop:
 
 @dataclass
 class TrainContext:
-    """What callbacks see: the model in training (and its EMA), the training data, device, seed, steps."""
+    """What callbacks see: the model in training (and its EMA), the training data, device, seed, steps per
+    epoch and the number of epochs the run is set for (None: not known)."""
 
     model: nn.Module
     data: ImageDataset
@@ -36,6 +37,7 @@ class TrainContext:
     seed: int
     steps: int
     ema: EMA | None = None
+    epochs: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the weights (the model's, and the EMA's when there is one)."""

@@ -35,7 +35,8 @@ class FastAT(AdversarialObjective):
     training, which overfits catastrophically (PGD-40 accuracy 2-12% in our full-MNIST runs). FGSM
     training can overfit catastrophically (robustness to PGD collapses within an epoch), so ``guard`` (on by
     default) measures PGD-``guard_steps`` accuracy on the first ``guard_samples`` training images at each
-    epoch end (and every ``guard_every`` steps if set); when it falls more than ``guard_drop`` below its best,
+    epoch end (and every ``guard_every`` steps if set); when it falls more than ``guard_drop`` below its best
+    at more than ``guard_patience`` checks in a row (default 1: one dip that recovers at the next check passes),
     the last good weights are restored and training stops. The paper pairs it with a cyclic learning rate:
     ``schedule="cyclic"``.
     Shape: x (N, C, H, W) in threat.bounds, y (N,) -> (loss, adversarial logits (N, K)).
@@ -50,6 +51,7 @@ class FastAT(AdversarialObjective):
     guard_samples: int = 512
     guard_steps: int = 10
     guard_drop: float = 0.2
+    guard_patience: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +63,7 @@ class FastAT(AdversarialObjective):
         check_int("guard_samples", self.guard_samples)
         check_int("guard_steps", self.guard_steps)
         check_number("guard_drop", self.guard_drop, high=1.0)
+        check_int("guard_patience", self.guard_patience, low=0)
 
     @property
     def alpha(self) -> float:
@@ -95,5 +98,6 @@ class FastAT(AdversarialObjective):
                 samples=self.guard_samples,
                 steps=self.guard_steps,
                 drop=self.guard_drop,
+                patience=self.guard_patience,
             )
         ]

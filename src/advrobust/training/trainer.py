@@ -352,7 +352,13 @@ class _Run:
         optimizer = _optimizer(model, config)
         ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
         ctx = TrainContext(
-            model=model, data=train_data, device=device, seed=config.seed, steps=steps, ema=ema
+            model=model,
+            data=train_data,
+            device=device,
+            seed=config.seed,
+            steps=steps,
+            ema=ema,
+            epochs=config.epochs,
         )
         run = cls(
             model=model,
