@@ -153,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fast-at: stop and restore the last good weights on catastrophic overfitting (default: on)",
     )
     adv.add_argument(
+        "--guard-patience",
+        type=int,
+        help="fast-at: further checks a robust-accuracy drop must persist before the guard stops (default: 1)",
+    )
+    adv.add_argument(
         "--sigma",
         type=float,
         help="gaussian-augment: noise level, the sigma you will certify with (default: 0.25)",

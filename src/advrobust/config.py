@@ -69,6 +69,7 @@ class TrainSettings(DataSettings):
     clean_weight: float | None = Field(None, ge=0, le=1)
     attack_mode: Literal["eval", "train"] | None = None
     guard: bool | None = None
+    guard_patience: int | None = Field(None, ge=0)
     sigma: float | None = Field(None, ge=0)
     # Distillation: the temperature, the weight of the soft-label term, the teacher's run directory.
     temperature: float | None = Field(None, gt=0)

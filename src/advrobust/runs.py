@@ -108,6 +108,7 @@ def build_objective(settings: TrainSettings, *, teacher: nn.Module | None = None
         "clean_weight": settings.clean_weight,
         "attack_mode": settings.attack_mode,
         "guard": settings.guard,
+        "guard_patience": settings.guard_patience,
         "sigma": settings.sigma,
         "temperature": settings.temperature,
         "alpha": settings.alpha,
