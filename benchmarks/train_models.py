@@ -78,6 +78,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "step_size": 0.375,
             "epochs": args.fast_epochs,
             "eps_warmup": args.fast_eps_warmup,
+            "ema_decay": args.fast_ema,
             "batch_size": 100,
             "optimizer": "adam",
             "lr": 5e-3,
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--standard-epochs", type=int, default=3)
     parser.add_argument("--fast-epochs", type=int, default=10)
+    parser.add_argument(
+        "--fast-ema", type=float, default=None, help="Fast-AT: EMA decay of the weights (default: no EMA)"
+    )
     parser.add_argument(
         "--fast-eps-warmup", type=float, default=0.0, help="Fast-AT: epochs of linear eps ramp-up (0: off)"
     )

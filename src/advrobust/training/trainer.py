@@ -151,7 +151,7 @@ class TrainResult:
 def _fusable(params: list[nn.Parameter]) -> bool:
     """Whether PyTorch's fused (one-kernel) optimizer step takes these parameters: dense floating-point
     tensors on one CPU or CUDA device type. On CPU it is several times faster than the per-tensor loop
-    (Adam on preact-resnet18, one thread: ~7 ms vs ~50 ms a step)."""
+    (Adam on preact-resnet18, one thread: ~6 ms vs ~43 ms a step; ``benchmarks/optimizer_step.py``)."""
     kinds = {p.device.type for p in params}
     return (
         len(kinds) == 1
