@@ -35,6 +35,7 @@ import harness
 import torch
 
 MODELS = ("mnist-standard", "mnist-fast-at")
+OTHER_MODELS = ("mnist-pgd-at", "mnist-trades")  # train_models.py --only ...; run when named with --model
 MNIST_ATTACKS = ("fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square")
 PEERS = ("torchattacks", "art", "foolbox")
 
@@ -56,7 +57,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", type=Path, required=True, help="folder of the train_models.py runs")
-    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (default: both)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=MODELS + OTHER_MODELS,
+        help="only these models (default: the two benchmark models)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--n", type=int, default=1000, help="first n MNIST test images (default 1000)")
     parser.add_argument("--batch-size", type=int, default=250)
@@ -235,7 +241,7 @@ def goals(cases: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> list
     """Issue 8's goals, each met or not, per model."""
     out: list[dict[str, Any]] = []
     by = {(r["model"], r["attack"]): r for r in ratio_list}
-    for model in MODELS:
+    for model in MODELS + OTHER_MODELS:
         for attack in ("pgd40-linf", "pgd40-l2"):
             r = by.get((model, attack))
             if r is None:
