@@ -184,6 +184,9 @@ class Square(Attack):
         x_s, y_s = x[idx], y[idx]
         aims_s = None if targets is None else targets[idx]
         best_s = self._init(x_s, generator)
+        linf = self.threat.norm == "linf"
+        # linf squares set pixels to x +- eps (clamped): both images, computed once per standing set.
+        high_s, low_s = (self.threat.clamp(x_s + self.threat.eps), self.threat.clamp(x_s - self.threat.eps))
         loss_s, success = score(best_s, y_s, aims_s)
         queried = 1  # queries each standing sample has made since the last write-back
         for iteration in range(self.queries - 1):
@@ -199,13 +202,23 @@ class Square(Attack):
                 if keep.numel() < idx.numel():
                     idx, x_s, y_s = idx[keep], x_s[keep], y_s[keep]
                     best_s, loss_s = best_s[keep], loss_s[keep]
+                    high_s, low_s = high_s[keep], low_s[keep]
                     aims_s = None if aims_s is None else aims_s[keep]
             p = square_fraction(self.p_init, iteration, self.queries)
-            candidate = self._propose(x_s, best_s, p, generator)
+            if linf:
+                candidate, window = self._propose_linf(high_s, low_s, best_s, p, generator)
+            else:
+                candidate = self._propose(x_s, best_s, p, generator)
             loss, success = score(candidate, y_s, aims_s)
             queried += 1
             improved = success | (loss < loss_s)
-            best_s = torch.where(improved.reshape(-1, 1, 1, 1), candidate, best_s)
+            if linf:
+                # The candidate differs from the best point only inside its square: copy just that.
+                pixels, values, current = window
+                kept = torch.where(improved.reshape(-1, 1, 1), values, current)
+                best_s = best_s.flatten(2).scatter_(2, pixels, kept).view_as(best_s)
+            else:
+                best_s = torch.where(improved.reshape(-1, 1, 1, 1), candidate, best_s)
             loss_s = torch.where(improved, loss, loss_s)
         return best, used
 
@@ -227,20 +240,38 @@ class Square(Attack):
                 delta = delta + bump * _signs((n, c, 1, 1), generator, x.device, x.dtype)
         return self.threat.clamp(x + delta / _image_norm(delta).clamp_min(1e-12) * eps)
 
+    def _propose_linf(
+        self, high: Tensor, low: Tensor, best: Tensor, p: float, generator: torch.Generator | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """A linf proposal: one random square per sample set to x + eps or x - eps per channel (clamped).
+
+        Only the square's pixels are gathered and compared; if the square would change nothing, its signs
+        are flipped. Returns the candidate and (pixel indices (n, c, side^2), their new and their current
+        values). Shape: high, low, best (n, C, H, W) -> candidate like best.
+        """
+        n, c, h, w = best.shape
+        side = min(max(round(math.sqrt(p * h * w)), 1), h, w)
+        top = torch.randint(0, h - side + 1, (n,), generator=generator, device=best.device)
+        left = torch.randint(0, w - side + 1, (n,), generator=generator, device=best.device)
+        signs = _signs((n, c, 1, 1), generator, best.device, best.dtype).reshape(n, c, 1)
+        offsets = torch.arange(side, device=best.device)
+        rows, cols = top.unsqueeze(1) + offsets, left.unsqueeze(1) + offsets
+        pixels = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
+        up, down = high.flatten(2).gather(2, pixels), low.flatten(2).gather(2, pixels)
+        current = best.flatten(2).gather(2, pixels)
+        values = torch.where(signs > 0, up, down)
+        unchanged = ((values - current).abs() <= 1e-7).flatten(1).all(dim=1)
+        # Flipping every channel's sign always changes such a square (eps > 0).
+        values = torch.where(unchanged.reshape(-1, 1, 1), torch.where(signs > 0, down, up), values)
+        candidate = best.flatten(2).clone().scatter_(2, pixels, values).view_as(best)
+        return candidate, (pixels, values, current)
+
     def _propose(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+        """An l2 proposal (``_propose_linf`` makes the linf ones). Shape: x, best (n, C, H, W) -> like best."""
         n, c, h, w = x.shape
         eps = self.threat.eps
         side = round(math.sqrt(p * h * w))
         delta = best - x
-        if self.threat.norm == "linf":
-            side = min(max(side, 1), h, w)
-            mask, _, _ = _window(n, side, h, w, generator, x.device)
-            signs = _signs((n, c, 1, 1), generator, x.device, x.dtype)
-            candidate = self.threat.clamp(x + torch.where(mask, eps * signs, delta))
-            unchanged = ((candidate - best).abs() <= 1e-7).flatten(1).all(dim=1)
-            # Flipping every channel's sign always changes such a square (eps > 0).
-            signs = torch.where(unchanged.reshape(-1, 1, 1, 1), -signs, signs)
-            return self.threat.clamp(x + torch.where(mask, eps * signs, delta))
         side = max(side, 3)
         side = min(side + 1 - side % 2, h, w)
         mask, top, left = _window(n, side, h, w, generator, x.device)
