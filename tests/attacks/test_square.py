@@ -162,3 +162,28 @@ def test_errors() -> None:
         Square(threat=ThreatModel(), queries=0)
     with pytest.raises(ConfigError, match="p_init"):
         Square(threat=ThreatModel(), p_init=1.5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_linf_proposal_changes_exactly_one_square_to_x_plus_or_minus_eps(channels: int) -> None:
+    # Every pixel already at x + eps: a square drawn with + signs would change nothing, so its signs flip.
+    threat = ThreatModel(norm="linf", eps=0.1)
+    x = torch.rand(64, channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    high, low = threat.clamp(x + 0.1), threat.clamp(x - 0.1)
+    best = high.clone()
+    attack = Square(threat=threat)
+    candidate, (pixels, values, current) = attack._propose_linf(
+        high, low, best, 0.1, torch.Generator().manual_seed(1)
+    )
+    changed = candidate != best
+    side = round((0.1 * 144) ** 0.5)
+    assert pixels.shape == (64, channels, side * side)
+    # Outside the square the candidate is the best point bit for bit; inside, each value is x + eps or x - eps.
+    inside = torch.zeros_like(changed).flatten(2).scatter_(2, pixels, True).view_as(changed)
+    assert not changed[~inside].any()
+    assert ((candidate == high) | (candidate == low))[inside].all()
+    # Where x - eps and x + eps differ after clamping, the flipped square changes the image.
+    movable = (high != low).flatten(1).any(dim=1)
+    assert changed.flatten(1).any(dim=1)[movable].all()
+    assert torch.equal(current, best.flatten(2).gather(2, pixels))
+    assert torch.equal(values, candidate.flatten(2).gather(2, pixels))
