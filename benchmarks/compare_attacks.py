@@ -252,8 +252,9 @@ def goals(cases: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> list
                     "model": model,
                     "goal": f"{attack}: throughput >= 1.2x fastest peer, robust acc <= peers' + 0.2 points",
                     "value": f"{r['throughput_ratio']:.2f}x {r['fastest_peer']}; acc diff up to {worst:+.1f} pts",
+                    # + 1e-9: a difference of mean percentages carries float rounding (0.2000000000000002).
                     "met": r["throughput_ratio"] >= 1.2
-                    and all(v["difference_points"] <= 0.2 for v in r["accuracy_vs_peer"].values()),
+                    and all(v["difference_points"] <= 0.2 + 1e-9 for v in r["accuracy_vs_peer"].values()),
                 }
             )
         r = by.get((model, "autoattack"))
