@@ -184,9 +184,12 @@ class Square(Attack):
         x_s, y_s = x[idx], y[idx]
         aims_s = None if targets is None else targets[idx]
         best_s = self._init(x_s, generator)
-        linf = self.threat.norm == "linf"
         # linf squares set pixels to x +- eps (clamped): both images, computed once per standing set.
-        high_s, low_s = (self.threat.clamp(x_s + self.threat.eps), self.threat.clamp(x_s - self.threat.eps))
+        ends_s = (
+            (self.threat.clamp(x_s + self.threat.eps), self.threat.clamp(x_s - self.threat.eps))
+            if self.threat.norm == "linf"
+            else None
+        )
         loss_s, success = score(best_s, y_s, aims_s)
         queried = 1  # queries each standing sample has made since the last write-back
         for iteration in range(self.queries - 1):
@@ -202,17 +205,17 @@ class Square(Attack):
                 if keep.numel() < idx.numel():
                     idx, x_s, y_s = idx[keep], x_s[keep], y_s[keep]
                     best_s, loss_s = best_s[keep], loss_s[keep]
-                    high_s, low_s = high_s[keep], low_s[keep]
+                    ends_s = None if ends_s is None else (ends_s[0][keep], ends_s[1][keep])
                     aims_s = None if aims_s is None else aims_s[keep]
             p = square_fraction(self.p_init, iteration, self.queries)
-            if linf:
-                candidate, window = self._propose_linf(high_s, low_s, best_s, p, generator)
+            if ends_s is not None:
+                candidate, window = self._propose_linf(*ends_s, best_s, p, generator)
             else:
                 candidate = self._propose(x_s, best_s, p, generator)
             loss, success = score(candidate, y_s, aims_s)
             queried += 1
             improved = success | (loss < loss_s)
-            if linf:
+            if ends_s is not None:
                 # The candidate differs from the best point only inside its square: copy just that.
                 pixels, values, current = window
                 kept = torch.where(improved.reshape(-1, 1, 1), values, current)
