@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 HERE = Path(__file__).resolve().parent
-LIBRARIES = ("advrobust", "torchattacks", "art", "foolbox")
+LIBRARIES = ("advrobust", "torchattacks", "art", "foolbox", "reference")
 TOLERANCE = 1e-6
 RESNET_MODEL = "preact-resnet18-random"
 #: l2 budget of the minimum-norm CW attack's "robust accuracy" (counted after the attack, unprojected).
@@ -80,6 +80,13 @@ ATTACKS: dict[str, AttackSpec] = {
         "AutoAttack with its default attack list (APGD-CE and APGD-DLR with 5 restarts and eps_step 0.1, "
         "DeepFool, Square 5000 x 5 restarts)",
     ),
+    "autoattack-l2": AttackSpec(
+        "l2",
+        2.0,
+        "AutoAttack standard, l2 eps 2.0: advrobust suite 'standard' (APGD-CE, APGD-T DLR x9, FAB-T x9, Square "
+        "5000, all l2); the reference's AutoAttack(norm='L2', version='standard'); torchattacks "
+        "AutoAttack(norm='L2', version='standard', n_classes=10, seed=0)",
+    ),
     "square": AttackSpec("linf", 0.3, "Square, linf eps 0.3, 1000 queries, p_init 0.8, 1 restart"),
     "autoattack-parts": AttackSpec(
         "linf",
@@ -108,12 +115,15 @@ AVAILABLE: dict[str, set[str]] = {
         "cw-l2",
         "apgd-ce",
         "autoattack",
+        "autoattack-l2",
         "square",
         "autoattack-parts",
         "autoattack-parts-100",
     },
     "art": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2", "apgd-ce", "autoattack", "square"},
     "foolbox": {"fgsm", "pgd40-linf", "pgd40-l2", "cw-l2"},
+    # Croce & Hein's own AutoAttack code (github.com/fra31/auto-attack), packaged on PyPI as pyautoattack.
+    "reference": {"autoattack", "autoattack-l2"},
 }
 
 
@@ -182,8 +192,8 @@ def advrobust_case(
     spec = ATTACKS[attack]
     threat = advrobust.ThreatModel(norm=spec.norm, eps=spec.eps)
     extra: dict[str, Any] = {}
-    if attack in ("autoattack", "apgd-ce-only", "pgd40-eval"):
-        if attack == "autoattack":
+    if attack in ("autoattack", "autoattack-l2", "apgd-ce-only", "pgd40-eval"):
+        if attack in ("autoattack", "autoattack-l2"):
             suite = build_suite("standard", threat)
         elif attack == "apgd-ce-only":
             suite = [create_attack("apgd", threat=threat, loss="ce", steps=100)]
@@ -240,8 +250,9 @@ def torchattacks_case(
         atk = ta.CW(model, c=1.0, kappa=0.0, steps=100, lr=0.01)
     elif attack == "apgd-ce":
         atk = ta.APGD(model, norm="Linf", eps=spec.eps, steps=100, n_restarts=1, loss="ce", seed=seed)
-    elif attack == "autoattack":
-        atk = ta.AutoAttack(model, norm="Linf", eps=spec.eps, version="standard", n_classes=10, seed=seed)
+    elif attack in ("autoattack", "autoattack-l2"):
+        norm = "Linf" if spec.norm == "linf" else "L2"
+        atk = ta.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", n_classes=10, seed=seed)
     elif attack == "autoattack-parts":
         return torchattacks_parts(model, x, y, bs, seed, spec.eps, steps=10)
     elif attack == "autoattack-parts-100":
@@ -402,11 +413,43 @@ def foolbox_case(
     return lambda: batched(one, x, y, bs), {"describe": [repr(atk)]}
 
 
+def reference_case(
+    attack: str, model: nn.Module, x: Tensor, y: Tensor, bs: int, seed: int
+) -> tuple[Callable[[], Tensor], dict[str, Any]]:
+    """The reference AutoAttack (Croce & Hein's code, PyPI ``pyautoattack``), version 'standard' as shipped:
+    APGD-CE, APGD-T (9 targets), FAB-T (9 targets), all 100 iterations, Square 5,000 queries, on the samples
+    still robust, with its own checks of the model first."""
+    import logging
+
+    from pyautoattack import AutoAttack
+
+    if attack not in ("autoattack", "autoattack-l2"):
+        raise KeyError(attack)
+    spec = ATTACKS[attack]
+    norm = "Linf" if spec.norm == "linf" else "L2"
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    atk = AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, device="cpu")
+    describe = [
+        f"pyautoattack AutoAttack(version='standard', norm={norm!r}, eps={spec.eps}): "
+        + ", ".join(atk.attacks_to_run)
+        + f"; apgd n_iter {atk.apgd.n_iter}, apgd-t n_iter {atk.apgd_targeted.n_iter} x "
+        + f"{atk.apgd_targeted.n_target_classes} targets, fab-t n_iter {atk.fab.n_iter} x "
+        + f"{atk.fab.n_target_classes} targets, square {atk.square.n_queries} queries"
+    ]
+
+    def run() -> Tensor:
+        x_adv, _ = atk.run_standard_evaluation(x, y, batch_size=bs)
+        return x_adv
+
+    return run, {"describe": describe}
+
+
 ADAPTERS = {
     "advrobust": advrobust_case,
     "torchattacks": torchattacks_case,
     "art": art_case,
     "foolbox": foolbox_case,
+    "reference": reference_case,
 }
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -778,7 +821,15 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
-    for name in ("torch", "advrobust", "torchattacks", "adversarial-robustness-toolbox", "foolbox", "numpy"):
+    for name in (
+        "torch",
+        "advrobust",
+        "torchattacks",
+        "adversarial-robustness-toolbox",
+        "foolbox",
+        "pyautoattack",
+        "numpy",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
