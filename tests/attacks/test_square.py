@@ -187,3 +187,72 @@ def test_linf_proposal_changes_exactly_one_square_to_x_plus_or_minus_eps(channel
     assert changed.flatten(1).any(dim=1)[movable].all()
     assert torch.equal(current, best.flatten(2).gather(2, pixels))
     assert torch.equal(values, candidate.flatten(2).gather(2, pixels))
+
+
+def _dense_l2_update(
+    x: torch.Tensor,
+    best: torch.Tensor,
+    eps: float,
+    side: int,
+    corners: list[tuple[int, int]],
+    flip: bool,
+    signs: torch.Tensor,
+) -> torch.Tensor:
+    """The paper's l2 step written with whole-image masks, for one sample: the mass of both squares (and what
+    is left of the budget) goes into the first, reshaped by the bump; the second is emptied; the result is
+    rescaled to the eps-sphere and clipped to [0, 1]."""
+    c, h, w = x.shape
+    masks = []
+    for top, left in corners:
+        mask = torch.zeros(1, h, w, dtype=torch.bool)
+        mask[:, top : top + side, left : left + side] = True
+        masks.append(mask)
+    first, second = masks
+    delta = best - x
+    channel_norm = lambda t: t.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()  # noqa: E731
+    budget = (
+        (eps**2 - delta.pow(2).sum()).clamp_min(0) / c + channel_norm(delta * (first | second)) ** 2
+    ).sqrt()
+    pattern = square_pattern(side, torch.device("cpu")).float()
+    bump = torch.zeros(1, h, w)
+    top, left = corners[0]
+    bump[:, top : top + side, left : left + side] = pattern.t() if flip else pattern
+    fresh = bump * signs.reshape(c, 1, 1) + delta * first / (channel_norm(delta * first) + 1e-12)
+    fresh = fresh / (channel_norm(fresh) + 1e-12) * budget
+    delta = torch.where(first, fresh, torch.where(second, torch.zeros_like(delta), delta))
+    return (x + delta / delta.norm().clamp_min(1e-12) * eps).clamp(0, 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_l2_proposal_is_the_papers_update_with_its_random_draws(channels: int) -> None:
+    # The gathered proposal against the same update written with whole-image masks, replaying its draws:
+    # both squares' corners (top, then left), the bump's orientation, one sign per channel.
+    eps, n, h = 1.0, 16, 14
+    threat = ThreatModel(norm="l2", eps=eps)
+    attack = Square(threat=threat)
+    x = torch.rand(n, channels, h, h, generator=torch.Generator().manual_seed(0))
+    best = attack._init(x, torch.Generator().manual_seed(1))
+    for p, seed in [(0.3, 2), (0.05, 3), (0.01, 4)]:
+        candidate = attack._propose(x, best, p, torch.Generator().manual_seed(seed))
+        side = max(round((p * h * h) ** 0.5), 3)
+        side = min(side + 1 - side % 2, h)
+        draws = torch.Generator().manual_seed(seed)
+        corners = [
+            [(int(top), int(left)) for top, left in zip(tops, lefts, strict=True)]
+            for tops, lefts in (
+                (
+                    torch.randint(0, h - side + 1, (n,), generator=draws),
+                    torch.randint(0, h - side + 1, (n,), generator=draws),
+                )
+                for _ in range(2)
+            )
+        ]
+        flips = torch.randint(0, 2, (n,), generator=draws)
+        signs = torch.randint(0, 2, (n, channels, 1), generator=draws).float() * 2 - 1
+        for i in range(n):
+            expected = _dense_l2_update(
+                x[i], best[i], eps, side, [corners[0][i], corners[1][i]], bool(flips[i]), signs[i]
+            )
+            torch.testing.assert_close(candidate[i], expected, atol=1e-5, rtol=0)
+        assert bool(((candidate - x).flatten(1).norm(dim=1) <= eps + 1e-5).all())
+        best = candidate

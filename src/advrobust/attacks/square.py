@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,19 +27,6 @@ def square_fraction(p_init: float, iteration: int, queries: int) -> float:
     return p_init * 0.5**halvings
 
 
-def _window(
-    n: int, size: int, height: int, width: int, generator: torch.Generator | None, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A random size x size window per sample: its mask (n, 1, H, W) and top-left corner (n,), (n,)."""
-    top = torch.randint(0, height - size + 1, (n,), generator=generator, device=device)
-    left = torch.randint(0, width - size + 1, (n,), generator=generator, device=device)
-    rows = torch.arange(height, device=device) - top.unsqueeze(1)
-    cols = torch.arange(width, device=device) - left.unsqueeze(1)
-    inside_rows = (rows >= 0) & (rows < size)
-    inside_cols = (cols >= 0) & (cols < size)
-    return inside_rows[:, None, :, None] & inside_cols[:, None, None, :], top, left
-
-
 def _signs(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -58,10 +46,12 @@ def _rings(height: int, width: int, device: torch.device) -> Tensor:
     return unit
 
 
+@functools.lru_cache(maxsize=64)
 def square_pattern(size: int, device: torch.device) -> Tensor:
     """The l2 update of the paper: a positive and a negative pseudo-Gaussian bump side by side.
 
-    Unit l2 norm. Shape: (size, size); its transpose is the other orientation.
+    Unit l2 norm, float64, cached per (size, device): do not modify it in place. Shape: (size, size); its
+    transpose is the other orientation.
     """
     half = size // 2
     pattern = torch.zeros(size, size, device=device, dtype=torch.float64)
@@ -270,22 +260,42 @@ class Square(Attack):
         return candidate, (pixels, values, current)
 
     def _propose(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
-        """An l2 proposal (``_propose_linf`` makes the linf ones). Shape: x, best (n, C, H, W) -> like best."""
+        """An l2 proposal (``_propose_linf`` makes the linf ones): the mass of two random squares (and what is
+        left of the budget) goes into the first, reshaped by the paper's bump; the second is emptied.
+
+        Only the two squares' pixels are gathered and rewritten; the whole image is touched once, by the final
+        rescaling to the eps-sphere. Shape: x, best (n, C, H, W) -> like best.
+        """
         n, c, h, w = x.shape
         eps = self.threat.eps
-        side = round(math.sqrt(p * h * w))
-        delta = best - x
-        side = max(side, 3)
+        side = max(round(math.sqrt(p * h * w)), 3)
         side = min(side + 1 - side % 2, h, w)
-        mask, top, left = _window(n, side, h, w, generator, x.device)
-        mask_2, _, _ = _window(n, side, h, w, generator, x.device)
-        # Mass from both windows (and what is left of the budget) goes into the first one, reshaped.
-        budget = (
-            (eps**2 - _image_norm(delta) ** 2).clamp_min(0) / c + _channel_norm(delta * (mask | mask_2)) ** 2
-        ).sqrt()
-        old = delta * mask / (_channel_norm(delta * mask) + 1e-12)
-        bump = _place(square_pattern(side, x.device), top, left, h, w, generator).to(x.dtype)
-        fresh = bump * _signs((n, c, 1, 1), generator, x.device, x.dtype) + old
-        fresh = fresh / (_channel_norm(fresh) + 1e-12) * budget
-        delta = torch.where(mask, fresh, torch.where(mask_2, torch.zeros_like(delta), delta))
+        offsets = torch.arange(side, device=x.device)
+        corners = []
+        for _ in range(2):  # each square: its top row, then its left column
+            top = torch.randint(0, h - side + 1, (n,), generator=generator, device=x.device)
+            left = torch.randint(0, w - side + 1, (n,), generator=generator, device=x.device)
+            corners.append((top, left))
+        (top1, left1), (top2, left2) = corners
+        rows1, cols1 = top1.unsqueeze(1) + offsets, left1.unsqueeze(1) + offsets
+        rows2, cols2 = top2.unsqueeze(1) + offsets, left2.unsqueeze(1) + offsets
+        pixels1 = (rows1.unsqueeze(2) * w + cols1.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
+        pixels2 = (rows2.unsqueeze(2) * w + cols2.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
+        # Pixels of the second square that the first one covers too (counted once in the budget).
+        shared_rows = (rows2 >= top1.unsqueeze(1)) & (rows2 < top1.unsqueeze(1) + side)
+        shared_cols = (cols2 >= left1.unsqueeze(1)) & (cols2 < left1.unsqueeze(1) + side)
+        shared = (shared_rows.unsqueeze(2) & shared_cols.unsqueeze(1)).reshape(n, 1, side * side)
+        delta = (best - x).flatten(2)
+        inside1, inside2 = delta.gather(2, pixels1), delta.gather(2, pixels2)
+        mass1 = inside1.pow(2).sum(dim=2, keepdim=True)
+        mass_both = mass1 + (inside2 * ~shared).pow(2).sum(dim=2, keepdim=True)
+        total = delta.pow(2).sum(dim=(1, 2), keepdim=True)
+        budget = ((eps**2 - total).clamp_min(0) / c + mass_both).sqrt()
+        old = inside1 / (mass1.sqrt() + 1e-12)
+        pattern = square_pattern(side, x.device)
+        flip = torch.randint(0, 2, (n,), generator=generator, device=x.device)
+        bump = torch.stack((pattern.flatten(), pattern.t().flatten()))[flip].to(x.dtype).unsqueeze(1)
+        fresh = bump * _signs((n, c, 1), generator, x.device, x.dtype) + old
+        fresh = fresh / (fresh.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-12) * budget
+        delta = delta.clone().scatter_(2, pixels2, 0.0).scatter_(2, pixels1, fresh).view_as(x)
         return self.threat.clamp(x + delta / _image_norm(delta).clamp_min(1e-12) * eps)
