@@ -11,7 +11,7 @@ Every case is timed after a warm-up, with ``torch.cuda.synchronize`` around it, 
    vs bf16 autocast + channels_last; samples per second, peak GPU memory.
 3. If ``ADVROBUST_DATA`` holds MNIST and ``--models`` the benchmark models: the ``standard`` suite on the
    first ``--mnist-n`` test images of each, and torchattacks' AutoAttack members with the reference's 100
-   steps, if torchattacks is importable.
+   steps, if torchattacks is importable, and the reference AutoAttack (``pyautoattack``) if it is.
 
 Writes JSON (``--out``) and prints a table.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import time
@@ -195,6 +196,30 @@ def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str
             }
         )
         print(rows[-1], flush=True)
+        try:
+            from pyautoattack import AutoAttack
+        except Exception as exc:  # the reference is optional here, as torchattacks
+            print(f"pyautoattack not available: {type(exc).__name__}: {exc}")
+        else:
+            logging.getLogger("auto-attack").setLevel(logging.WARNING)
+            reference = AutoAttack(model, norm="Linf", eps=0.3, version="standard", seed=0, device=device)
+
+            def run_reference(reference: Any = reference, model: nn.Module = model) -> Tensor:
+                x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=args.mnist_batch)
+                with torch.no_grad():
+                    return model(x_adv).argmax(1) == y
+
+            robust, seconds = timed(run_reference, device)
+            rows.append(
+                {
+                    "case": f"standard suite {name}",
+                    "variant": "reference AutoAttack (pyautoattack), standard",
+                    "n": len(y),
+                    "seconds": seconds,
+                    "robust_accuracy": float(robust.float().mean()),
+                }
+            )
+            print(rows[-1], flush=True)
         try:
             import torchattacks as ta
         except Exception:
