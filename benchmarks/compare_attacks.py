@@ -15,7 +15,8 @@ is "n/a". The settings each library is given are in the JSON (``settings``) and 
 Run k of a case uses seed + k in every library: times are the fastest run's, robust accuracies (and the
 differences between libraries) the mean over the runs, since one draw of a random start moves them by ~1 point.
 
-AutoAttack is the slowest case; ``--autoattack-from autoattack.json`` reuses ``autoattack_mnist.py``'s
+The reference AutoAttack (Croce & Hein's code, PyPI ``pyautoattack``; library ``reference``) has the
+AutoAttack row only. AutoAttack is the slowest case; ``--autoattack-from autoattack.json`` reuses ``autoattack_mnist.py``'s
 measurements (same harness, same images) instead of running it again.
 
 Usage:
