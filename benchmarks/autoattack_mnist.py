@@ -60,6 +60,11 @@ def main() -> None:
         default="linf",
         help="linf eps 0.3 (issue 3's bar; default) or l2 eps 2.0 (reference and torchattacks only)",
     )
+    parser.add_argument(
+        "--eps",
+        type=float,
+        help="another budget than the norm's default (linf 0.3, l2 2.0), for every library",
+    )
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -96,6 +101,7 @@ def main() -> None:
         "n": args.n,
         "limits": {f"{k[0]}:{k[1]}": v for k, v in peer_n.items()},
         "norm": args.norm,
+        "eps": args.eps if args.eps is not None else harness.ATTACKS[suite].eps,
         "settings": harness.ATTACKS[suite].settings,
         "cases": [],
     }
@@ -111,6 +117,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "threads": args.threads,
             "seed": args.seed,
+            "eps": args.eps,
         }
 
     def save(cases: list[dict[str, Any]]) -> None:

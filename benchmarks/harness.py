@@ -14,6 +14,7 @@ Run one case by hand:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -500,6 +501,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     library, attack = case["library"], case["attack"]
     threads, bs, seed = int(case.get("threads", 2)), int(case["batch_size"]), int(case.get("seed", 0))
     torch.set_num_threads(threads)
+    if case.get("eps") is not None:
+        # Another budget for this case: every adapter reads ATTACKS, and this process runs this case only.
+        base = ATTACKS[attack]
+        ATTACKS[attack] = dataclasses.replace(
+            base, eps=float(case["eps"]), settings=f"{base.settings} [eps set to {case['eps']}]"
+        )
     spec = ATTACKS[attack]
     out: dict[str, Any] = {**case, "settings": spec.settings, "norm": spec.norm, "eps": spec.eps}
     if attack not in AVAILABLE[library]:
