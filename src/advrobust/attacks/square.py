@@ -81,10 +81,6 @@ def _place(
     return (values * inside).unsqueeze(1)
 
 
-def _channel_norm(t: Tensor) -> Tensor:
-    return t.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
-
-
 def _image_norm(t: Tensor) -> Tensor:
     return t.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()
 
@@ -297,5 +293,6 @@ class Square(Attack):
         bump = torch.stack((pattern.flatten(), pattern.t().flatten()))[flip].to(x.dtype).unsqueeze(1)
         fresh = bump * _signs((n, c, 1), generator, x.device, x.dtype) + old
         fresh = fresh / (fresh.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-12) * budget
-        delta = delta.clone().scatter_(2, pixels2, 0.0).scatter_(2, pixels1, fresh).view_as(x)
+        # delta is this call's own tensor (best - x): written in place once its squares have been read.
+        delta = delta.scatter_(2, pixels2, 0.0).scatter_(2, pixels1, fresh).view_as(x)
         return self.threat.clamp(x + delta / _image_norm(delta).clamp_min(1e-12) * eps)
