@@ -4,7 +4,7 @@
 #   ADVROBUST_DATA=<data> benchmarks/gpu.sh OUT_DIR [MODELS_DIR]
 #
 # Runs from the repository root with a python3 that has a CUDA build of torch (PYTHON overrides it);
-# advrobust is taken from src/ (no install). Packages the machine lacks (torchattacks, for the peer rows)
+# advrobust is taken from src/ (no install). Packages the machine lacks (torchattacks, pyautoattack: peer rows)
 # can travel as wheels in .whl/ (see benchmarks/README.md). Writes OUT_DIR/gpu.json, gpu.log, gpu.txt.
 # MODELS_DIR (benchmarks/train_models.py's runs) and ADVROBUST_DATA (holding mnist/) add the MNIST
 # standard-suite rows; without them those rows are skipped.
