@@ -199,3 +199,42 @@ def test_errors() -> None:
         FAB(threat=ThreatModel(), restarts=0)
     with pytest.raises(ConfigError, match="eta"):
         FAB(threat=ThreatModel(), beta=1.5)
+
+
+def test_target_gap_is_true_class_against_target_without_targets(
+    trained_cnn: nn.Module, small: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advrobust.attacks.fab as fab_module
+
+    x, y = small[0][:8], small[1][:8]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10))
+    goal = (y + 1) % 10
+    gap, grad, logits = fab_module._target_gap(model, x, goal, y)
+    # AutoAttack's FAB-T: the linearised boundary is the true class's against the target's.
+    torch.testing.assert_close(
+        gap.squeeze(1), logits.gather(1, goal[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    )
+    weight = model[1].weight.detach()
+    torch.testing.assert_close(grad.flatten(2).squeeze(1), (weight[goal] - weight[y]).expand(8, -1) * 1.0)
+    # Without a label: the target against its strongest rival (the target must win).
+    gap2, _, _ = fab_module._target_gap(model, x, goal, None)
+    strongest = logits.scatter(1, goal[:, None], float("-inf")).max(dim=1).values
+    torch.testing.assert_close(gap2.squeeze(1), logits.gather(1, goal[:, None]).squeeze(1) - strongest)
+
+    # FAB-T passes the true labels when no targets are given, and none when targets must be hit.
+    seen: list[torch.Tensor | None] = []
+    original = fab_module._target_gap
+
+    def spy(model: nn.Module, x: torch.Tensor, goal: torch.Tensor, label: torch.Tensor | None):  # type: ignore[no-untyped-def]
+        seen.append(label)
+        return original(model, x, goal, label)
+
+    monkeypatch.setattr(fab_module, "_target_gap", spy)
+    xs, ys = small
+    attack = FAB(threat=ThreatModel(norm="l2", eps=2.0), targeted=True, n_target_classes=1, steps=3)
+    attack(trained_cnn, xs[:16], ys[:16])
+    assert seen and all(label is not None for label in seen)
+    seen.clear()
+    targets = (ys[:16] + 1) % 10
+    attack(trained_cnn, xs[:16], ys[:16], targets=targets)
+    assert seen and all(label is None for label in seen)
