@@ -75,23 +75,15 @@ def _crossing_by_sort(limit: Tensor, weight: Tensor, need: Tensor) -> Tensor:
     return ((need - filled.gather(1, at)) / tail.gather(1, at).clamp_min(1e-30)).clamp_min(0)
 
 
-def _target_gap(
-    model: nn.Module, x: Tensor, goal: Tensor, label: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gap ``z_goal - z_label`` (the boundary between the true class and the target, as AutoAttack's FAB-T,
-    where any misclassification succeeds) or, without ``label``, ``z_goal - max_{j != goal} z_j`` (the target
-    must win), its input gradient, and the logits.
+def _target_gap(model: nn.Module, x: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gap ``z_goal - max_{j != goal} z_j``, its input gradient, and the logits.
 
     Shape: -> (N, 1), (N, 1, C, H, W), (N, K).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        rival = (
-            label
-            if label is not None
-            else logits.detach().scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
-        )
+        rival = logits.detach().scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
         gap = logits.gather(1, goal.unsqueeze(1)) - logits.gather(1, rival.unsqueeze(1))
         (grad,) = torch.autograd.grad(gap.sum(), x)
     return gap.detach(), grad.unsqueeze(1), logits.detach()
@@ -272,8 +264,7 @@ class FAB(Attack):
                 aim = None if goal is None else goal[subset]
             if aim is None:
                 return logit_gaps(model, points, labels, others)
-            # Without targets any misclassification succeeds: linearise the true class against the goal.
-            return _target_gap(model, points, aim, labels if targets is None else None)
+            return _target_gap(model, points, aim)
 
         # FAB-T (one gradient per linearisation): while few samples are fooled per step, the forward that
         # linearises the boundary at the new iterate also says whether it fools the model, and only the
