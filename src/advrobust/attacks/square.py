@@ -27,6 +27,27 @@ def square_fraction(p_init: float, iteration: int, queries: int) -> float:
     return p_init * 0.5**halvings
 
 
+def _random_square(
+    n: int,
+    channels: int,
+    side: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A random side x side square per sample (its top row drawn, then its left column): its rows (n, side),
+    columns (n, side) and flat pixel indices for every channel (n, channels, side^2)."""
+    top = torch.randint(0, height - side + 1, (n,), generator=generator, device=device)
+    left = torch.randint(0, width - side + 1, (n,), generator=generator, device=device)
+    offsets = torch.arange(side, device=device)
+    rows, cols = top.unsqueeze(1) + offsets, left.unsqueeze(1) + offsets
+    pixels = (
+        (rows.unsqueeze(2) * width + cols.unsqueeze(1)).reshape(n, 1, side * side).expand(n, channels, -1)
+    )
+    return rows, cols, pixels
+
+
 def _signs(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -240,12 +261,8 @@ class Square(Attack):
         """
         n, c, h, w = best.shape
         side = min(max(round(math.sqrt(p * h * w)), 1), h, w)
-        top = torch.randint(0, h - side + 1, (n,), generator=generator, device=best.device)
-        left = torch.randint(0, w - side + 1, (n,), generator=generator, device=best.device)
+        _, _, pixels = _random_square(n, c, side, h, w, generator, best.device)
         signs = _signs((n, c, 1, 1), generator, best.device, best.dtype).reshape(n, c, 1)
-        offsets = torch.arange(side, device=best.device)
-        rows, cols = top.unsqueeze(1) + offsets, left.unsqueeze(1) + offsets
-        pixels = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
         up, down = high.flatten(2).gather(2, pixels), low.flatten(2).gather(2, pixels)
         current = best.flatten(2).gather(2, pixels)
         values = torch.where(signs > 0, up, down)
@@ -266,20 +283,12 @@ class Square(Attack):
         eps = self.threat.eps
         side = max(round(math.sqrt(p * h * w)), 3)
         side = min(side + 1 - side % 2, h, w)
-        offsets = torch.arange(side, device=x.device)
-        corners = []
-        for _ in range(2):  # each square: its top row, then its left column
-            top = torch.randint(0, h - side + 1, (n,), generator=generator, device=x.device)
-            left = torch.randint(0, w - side + 1, (n,), generator=generator, device=x.device)
-            corners.append((top, left))
-        (top1, left1), (top2, left2) = corners
-        rows1, cols1 = top1.unsqueeze(1) + offsets, left1.unsqueeze(1) + offsets
-        rows2, cols2 = top2.unsqueeze(1) + offsets, left2.unsqueeze(1) + offsets
-        pixels1 = (rows1.unsqueeze(2) * w + cols1.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
-        pixels2 = (rows2.unsqueeze(2) * w + cols2.unsqueeze(1)).reshape(n, 1, side * side).expand(n, c, -1)
+        rows1, cols1, pixels1 = _random_square(n, c, side, h, w, generator, x.device)
+        rows2, cols2, pixels2 = _random_square(n, c, side, h, w, generator, x.device)
         # Pixels of the second square that the first one covers too (counted once in the budget).
-        shared_rows = (rows2 >= top1.unsqueeze(1)) & (rows2 < top1.unsqueeze(1) + side)
-        shared_cols = (cols2 >= left1.unsqueeze(1)) & (cols2 < left1.unsqueeze(1) + side)
+        top1, left1 = rows1[:, :1], cols1[:, :1]
+        shared_rows = (rows2 >= top1) & (rows2 < top1 + side)
+        shared_cols = (cols2 >= left1) & (cols2 < left1 + side)
         shared = (shared_rows.unsqueeze(2) & shared_cols.unsqueeze(1)).reshape(n, 1, side * side)
         delta = (best - x).flatten(2)
         inside1, inside2 = delta.gather(2, pixels1), delta.gather(2, pixels2)
