@@ -155,11 +155,12 @@ def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     ok = [c for c in cases if c.get("status") == "ok"]
     out = []
-    suites = ("autoattack", "autoattack-l2")
     peers = [
-        c for c in ok if c["library"] != "advrobust" and c["attack"] in (*suites, "autoattack-parts-100")
+        c
+        for c in ok
+        if c["library"] != "advrobust" and c["attack"] in (*harness.AUTOATTACKS, "autoattack-parts-100")
     ]
-    ok = [c for c in ok if c["attack"] in suites]
+    ok = [c for c in ok if c["attack"] in harness.AUTOATTACKS]
     for peer in peers:
         # autoattack-parts-100 (torchattacks' members at 100 iterations) is linf, as the suite it stands for.
         attack = "autoattack" if peer["attack"] == "autoattack-parts-100" else peer["attack"]

@@ -128,6 +128,15 @@ AVAILABLE: dict[str, set[str]] = {
 }
 
 
+#: The AutoAttack-standard cases, one per norm.
+AUTOATTACKS = ("autoattack", "autoattack-l2")
+
+
+def autoattack_norm(spec: AttackSpec) -> str:
+    """The norm as the AutoAttack implementations spell it."""
+    return "Linf" if spec.norm == "linf" else "L2"
+
+
 def step_size(spec: AttackSpec, steps: int = 40) -> float:
     return 2.5 * spec.eps / steps
 
@@ -193,8 +202,8 @@ def advrobust_case(
     spec = ATTACKS[attack]
     threat = advrobust.ThreatModel(norm=spec.norm, eps=spec.eps)
     extra: dict[str, Any] = {}
-    if attack in ("autoattack", "autoattack-l2", "apgd-ce-only", "pgd40-eval"):
-        if attack in ("autoattack", "autoattack-l2"):
+    if attack in (*AUTOATTACKS, "apgd-ce-only", "pgd40-eval"):
+        if attack in AUTOATTACKS:
             suite = build_suite("standard", threat)
         elif attack == "apgd-ce-only":
             suite = [create_attack("apgd", threat=threat, loss="ce", steps=100)]
@@ -251,9 +260,10 @@ def torchattacks_case(
         atk = ta.CW(model, c=1.0, kappa=0.0, steps=100, lr=0.01)
     elif attack == "apgd-ce":
         atk = ta.APGD(model, norm="Linf", eps=spec.eps, steps=100, n_restarts=1, loss="ce", seed=seed)
-    elif attack in ("autoattack", "autoattack-l2"):
-        norm = "Linf" if spec.norm == "linf" else "L2"
-        atk = ta.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", n_classes=10, seed=seed)
+    elif attack in AUTOATTACKS:
+        atk = ta.AutoAttack(
+            model, norm=autoattack_norm(spec), eps=spec.eps, version="standard", n_classes=10, seed=seed
+        )
     elif attack == "autoattack-parts":
         return torchattacks_parts(model, x, y, bs, seed, spec.eps, steps=10)
     elif attack == "autoattack-parts-100":
@@ -424,10 +434,10 @@ def reference_case(
 
     from pyautoattack import AutoAttack
 
-    if attack not in ("autoattack", "autoattack-l2"):
+    if attack not in AUTOATTACKS:
         raise KeyError(attack)
     spec = ATTACKS[attack]
-    norm = "Linf" if spec.norm == "linf" else "L2"
+    norm = autoattack_norm(spec)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     atk = AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, device="cpu")
     describe = [
