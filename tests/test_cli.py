@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -28,6 +29,18 @@ def test_version_and_help() -> None:
     assert helped.returncode == 0
     for option in ("--model", "--eps", "--norm", "--attack", "--steps", "--json", "--config"):
         assert option in helped.stdout
+
+
+def test_every_help_text_is_formatted() -> None:
+    """argparse %-formats help strings but not descriptions: no escape or placeholder may show."""
+    from advrobust.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = [parser.format_help()] + [sub.format_help() for sub in subparsers.choices.values()]
+    assert len(texts) > 8
+    for text in texts:
+        assert "%%" not in text and "%(" not in text, text
 
 
 @pytest.fixture(scope="module")

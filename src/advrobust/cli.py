@@ -200,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         "eval",
         help="attack a saved model and report clean and robust accuracy",
         description="Evaluate a run directory under a threat model: robust accuracy is the worst case over "
-        "the attacks, per sample, with 95%% confidence intervals.",
+        "the attacks, per sample, with 95% confidence intervals.",
         epilog=EPILOG_EVAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
