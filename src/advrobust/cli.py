@@ -23,6 +23,9 @@ from rich.table import Table
 from advrobust import __version__, distributed
 from advrobust.errors import AdvrobustError
 
+#: Console width when the output is not a terminal.
+LOG_WIDTH = 160
+
 EPILOG_TRAIN = """examples:
   advrobust train --data mnist-mini --model small-cnn --epochs 5 --out runs/mnist-std
   # Fast-AT with the MNIST recipe of Wong et al. 2020 (cyclic learning rate up to 5e-3):
@@ -675,12 +678,15 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     results = outcome.results
     first = results[0]
     table = Table(
-        title=f"{settings.model} on {first.meta['data']['name']} ({first.n} samples, {settings.norm}, 95% CI)"
+        title=f"{settings.model} on {first.meta['data']['name']} ({first.n} samples, {settings.norm}, 95% CI)",
+        caption="per attack: robust accuracy after it and every attack before it (cascade)"
+        if first.cascade
+        else "per attack: its own robust accuracy on every sample",
     )
     table.add_column("eps", justify="right")
     table.add_column("clean", justify="right")
     for attack in first.attacks:
-        table.add_column(attack.name + (" (cumulative)" if first.cascade else ""), justify="right")
+        table.add_column(attack.label, justify="right")
     table.add_column("robust", justify="right")
     table.add_column("seconds", justify="right")
     for result in results:
@@ -695,7 +701,7 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
         for attack in result.attacks:
             if attack.violations:
                 console.print(
-                    f"[red]warning: {attack.name} returned {attack.violations} points outside the threat model[/red]"
+                    f"[red]warning: {attack.label} returned {attack.violations} points outside the threat model[/red]"
                 )
     console.print(table)
     if "access_note" in first.meta:
@@ -885,6 +891,14 @@ def _null() -> Iterator[None]:
     yield None
 
 
+def _console(*, stderr: bool) -> Console:
+    """Rich's console. Output that is not a terminal (a pipe, a log file) gets room for whole tables instead
+    of rich's 80 columns, unless COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, width=LOG_WIDTH if piped and "COLUMNS" not in os.environ else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advrobust`` command; returns the exit status."""
     parser = _parser()
@@ -892,8 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    console = Console()
-    errors = Console(stderr=True)
+    console = _console(stderr=False)
+    errors = _console(stderr=True)
     commands = {
         "demo": _cmd_demo,
         "train": _cmd_train,

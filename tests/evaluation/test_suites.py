@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from advrobust.attacks import PGD
+from advrobust.attacks import PGD, create_attack
 from advrobust.errors import ConfigError
 from advrobust.evaluation import evaluate
 from advrobust.evaluation.suites import build_suite
@@ -26,6 +26,16 @@ def test_standard_recipe_follows_autoattack() -> None:
     assert [a.name for a in build_suite("quick", ThreatModel(eps=0.3))] == ["apgd"]
     with pytest.raises(ConfigError):
         build_suite("everything", ThreatModel())
+
+
+def test_every_attack_of_a_suite_has_its_own_label() -> None:
+    from advrobust.evaluation.results import attack_label
+
+    labels = [attack_label(a.name, a.params()) for a in build_suite("standard", ThreatModel(eps=0.3))]
+    assert labels == ["apgd-100", "apgd-t-dlr-100", "fab-t-100", "square"]
+    untargeted = create_attack("apgd", threat=ThreatModel(eps=0.3), loss="dlr", steps=100)
+    assert attack_label(untargeted.name, untargeted.params()) == "apgd-dlr-100"  # not APGD-T's column
+    assert attack_label("bpda", {"attack": {"name": "pgd", "steps": 40, "loss": "margin"}}) == "bpda(pgd-margin-40)"
 
 
 def test_standard_suite_beats_pgd(trained_cnn: nn.Module, batch: Batch) -> None:

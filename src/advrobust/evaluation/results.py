@@ -51,6 +51,25 @@ class Accuracy:
         return f"{100 * self.value:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={self.total})"
 
 
+def attack_label(name: str, params: dict[str, Any]) -> str:
+    """``pgd-40``, ``apgd-dlr-100``, ``apgd-t-dlr-100``, ``fab-t-100``, ``fgsm``: an attack's name, ``-t`` when
+    it is targeted, its loss where not cross-entropy, and its step count."""
+    inner = params.get("attack")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+        rest = {k: v for k, v in inner.items() if k != "name"}
+        return f"{name}({attack_label(inner['name'], rest)})"
+    label = name
+    if params.get("targeted") is True:
+        label += "-t"
+    loss = params.get("loss")
+    if isinstance(loss, str) and loss != "ce" and name in ("apgd", "pgd"):
+        label += f"-{loss}"
+    steps = params.get("steps")
+    if isinstance(steps, int):
+        label += f"-{steps}"
+    return label
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """One attack's outcome. In a cascade ``accuracy`` is the robust accuracy after this attack and all
@@ -64,6 +83,11 @@ class AttackResult:
     fooled: int
     seconds: float
     violations: int = 0
+
+    @property
+    def label(self) -> str:
+        """A short name that tells the attacks of a suite apart, e.g. ``apgd-t-dlr-100``."""
+        return attack_label(self.name, self.params)
 
     def to_dict(self) -> dict[str, Any]:
         return {

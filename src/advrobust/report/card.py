@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from advrobust.evaluation.results import Accuracy
-from advrobust.report.data import Headline, ModelEntry, attack_label, defense_label
+from advrobust.evaluation.results import Accuracy, attack_label
+from advrobust.report.data import Headline, ModelEntry, defense_label
 from advrobust.report.summary import audit_status
 
 

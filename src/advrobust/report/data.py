@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from advrobust.errors import DataError
-from advrobust.evaluation.results import RUN_SCHEMA, SCHEMA, Accuracy, EvalResult
+from advrobust.evaluation.results import RUN_SCHEMA, SCHEMA, Accuracy, EvalResult, attack_label
 
 REPORT_SCHEMA = "advrobust.report/1"
 AUDIT_SCHEMA = "advrobust.audit/1"
@@ -170,22 +170,6 @@ class ReportData:
             if entry.name == name:
                 return entry
         raise KeyError(name)
-
-
-def attack_label(name: str, params: dict[str, Any]) -> str:
-    """``pgd-40``, ``apgd-dlr-100``, ``fgsm``: an attack's name with its loss and step count."""
-    inner = params.get("attack")
-    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
-        rest = {k: v for k, v in inner.items() if k != "name"}
-        return f"{name}({attack_label(inner['name'], rest)})"
-    label = name
-    loss = params.get("loss")
-    if isinstance(loss, str) and loss != "ce" and name in ("apgd", "pgd"):
-        label += f"-{loss}"
-    steps = params.get("steps")
-    if isinstance(steps, int):
-        label += f"-{steps}"
-    return label
 
 
 def defense_label(card: dict[str, Any] | None) -> str:

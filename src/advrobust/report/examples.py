@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from advrobust.attacks import Attack, create_attack
 from advrobust.data import ImageDataset, load_dataset
 from advrobust.errors import AdvrobustError
-from advrobust.evaluation.results import AttackResult
-from advrobust.report.data import CARD_NAME, Evaluation, Headline, ModelEntry, attack_label
+from advrobust.evaluation.results import AttackResult, attack_label
+from advrobust.report.data import CARD_NAME, Evaluation, Headline, ModelEntry
 from advrobust.threat import ThreatModel
 
 log = logging.getLogger(__name__)

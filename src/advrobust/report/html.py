@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from advrobust.evaluation.results import Accuracy
-from advrobust.report.data import Headline, ModelEntry, ReportData, attack_label, defense_label, per_class
+from advrobust.evaluation.results import Accuracy, attack_label
+from advrobust.report.data import Headline, ModelEntry, ReportData, defense_label, per_class
 from advrobust.report.plots import Plot, colour
 from advrobust.report.summary import recommended, summary_rows, verdict
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from advrobust.evaluation.results import Accuracy
-from advrobust.report.data import Headline, ModelEntry, attack_label, defense_label
+from advrobust.evaluation.results import Accuracy, attack_label
+from advrobust.report.data import Headline, ModelEntry, defense_label
 
 _STRONG_ATTACKS = ("apgd", "square", "fab", "cw", "bpda", "eot")
 
