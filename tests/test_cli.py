@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,26 @@ def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
     assert results[1].robust.value < results[0].robust.value < results[0].clean.value
     assert [a.name for a in results[0].attacks] == ["fgsm", "pgd"]
     assert results[0].attacks[1].params["steps"] == 10
+
+
+def test_eval_table_is_whole_when_piped(run_dir: Path) -> None:
+    """A log or pipe gets every column in full, one row per line (rich would cut it to 80 columns)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    args = ["eval", "--model", str(run_dir), "--data", "mnist-mini", "--n", "20", "--eps", "0.1", "--quiet"]
+    attacks = ["--attack", "fgsm", "pgd", "apgd", "square", "--steps", "5", "--queries", "20"]
+    done = subprocess.run(
+        [sys.executable, "-m", "advrobust", *args, *attacks],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\u2026" not in done.stdout  # rich's ellipsis for a cut cell
+    header = next(line for line in done.stdout.splitlines() if "fgsm" in line)
+    for column in ("eps", "clean", "pgd-5", "apgd-5", "square", "robust", "seconds"):
+        assert column in header
+    assert "after it and every attack before it (cascade)" in done.stdout
 
 
 def test_eval_batch_size_auto(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
