@@ -104,10 +104,9 @@ def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
 def test_eval_table_is_whole_when_piped(run_dir: Path) -> None:
     """A log or pipe gets every column in full, one row per line (rich would cut it to 80 columns)."""
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    args = ["eval", "--model", str(run_dir), "--data", "mnist-mini", "--n", "20", "--eps", "0.1", "--quiet"]
-    attacks = ["--attack", "fgsm", "pgd", "apgd", "square", "--steps", "5", "--queries", "20"]
+    args = ["eval", "--model", str(run_dir), "--data", "mnist-mini", "--n", "20", "--eps", "0.3", "--quiet"]
     done = subprocess.run(
-        [sys.executable, "-m", "advrobust", *args, *attacks],
+        [sys.executable, "-m", "advrobust", *args, "--suite", "standard"],
         capture_output=True,
         text=True,
         env=env,
@@ -115,8 +114,8 @@ def test_eval_table_is_whole_when_piped(run_dir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "\u2026" not in done.stdout  # rich's ellipsis for a cut cell
-    header = next(line for line in done.stdout.splitlines() if "fgsm" in line)
-    for column in ("eps", "clean", "pgd-5", "apgd-5", "square", "robust", "seconds"):
+    header = next(line for line in done.stdout.splitlines() if "apgd-100" in line)
+    for column in ("eps", "clean", "apgd-t-dlr-100", "fab-t-100", "square", "robust", "seconds"):
         assert column in header
     assert "after it and every attack before it (cascade)" in done.stdout
 

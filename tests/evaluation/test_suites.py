@@ -35,7 +35,10 @@ def test_every_attack_of_a_suite_has_its_own_label() -> None:
     assert labels == ["apgd-100", "apgd-t-dlr-100", "fab-t-100", "square"]
     untargeted = create_attack("apgd", threat=ThreatModel(eps=0.3), loss="dlr", steps=100)
     assert attack_label(untargeted.name, untargeted.params()) == "apgd-dlr-100"  # not APGD-T's column
-    assert attack_label("bpda", {"attack": {"name": "pgd", "steps": 40, "loss": "margin"}}) == "bpda(pgd-margin-40)"
+    assert (
+        attack_label("bpda", {"attack": {"name": "pgd", "steps": 40, "loss": "margin"}})
+        == "bpda(pgd-margin-40)"
+    )
 
 
 def test_standard_suite_beats_pgd(trained_cnn: nn.Module, batch: Batch) -> None:
