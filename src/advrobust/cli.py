@@ -555,7 +555,10 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         f"{len(trained.result.history)} epochs, {trained.result.seconds:.1f} s"
     )
     console.print(f"clean test accuracy: {_pct(clean)}")
-    table = Table(title="Robust accuracy under linf attacks (1,000 test images, 95% CI)")
+    table = Table(
+        title="Robust accuracy under linf attacks (1,000 test images, 95% CI)",
+        caption="two attacks bound robust accuracy from above; the full suite: `advrobust eval --suite standard`",
+    )
     table.add_column("eps", justify="right")
     table.add_column("clean", justify="right")
     for attack in outcome.results[0].attacks:
@@ -563,7 +566,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             attack.name.upper() + (f"-{attack.params['steps']}" if "steps" in attack.params else ""),
             justify="right",
         )
-    table.add_column("robust (worst case)", justify="right")
+    table.add_column("worst of both", justify="right")
     table.add_column("attack time", justify="right")
     for result in outcome.results:
         low, high = result.robust.interval
@@ -592,8 +595,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             )
         console.print(defenses)
         console.print("naive PGD: plain PGD-40, what a careless evaluation would report.")
-        console.print("adaptive: worst case of PGD-40, APGD-CE and APGD-DLR, with BPDA through")
-        console.print("non-differentiable transforms: the number to trust.")
+        console.print("adaptive: worst case of PGD-40 and the adaptive suite (APGD-CE, APGD-T, FAB-T,")
+        console.print("Square; BPDA through non-differentiable transforms): the number to trust.")
         for row in outcome.defenses:
             if row.margin is not None:
                 console.print(
