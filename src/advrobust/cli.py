@@ -557,7 +557,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     console.print(f"clean test accuracy: {_pct(clean)}")
     table = Table(
         title="Robust accuracy under linf attacks (1,000 test images, 95% CI)",
-        caption="two attacks bound robust accuracy from above; the full suite: `advrobust eval --suite standard`",
+        caption="upper bounds from two attacks; the full test: eval --suite standard",
     )
     table.add_column("eps", justify="right")
     table.add_column("clean", justify="right")
