@@ -59,4 +59,7 @@ def test_demo_shows_the_tradeoff_and_the_naive_vs_adaptive_gap(tmp_path: Path) -
     assert "with the margin loss" in done.stdout
     report = out / "report" / "report.html"
     assert report.exists() and str(report) in done.stdout.replace("\n", "")
-    assert json.loads((out / "report" / "report.json").read_text())["schema"] == "advrobust.report/1"
+    merged = json.loads((out / "report" / "report.json").read_text())
+    assert merged["schema"] == "advrobust.report/1"
+    # The four compared models, not the distilled model's teacher (trained, never evaluated).
+    assert [m["name"] for m in merged["models"]] == ["standard", "fast-at", "jpeg-bitdepth", "distilled"]

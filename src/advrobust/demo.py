@@ -13,6 +13,7 @@ from advrobust.attacks import PGD
 from advrobust.config import DefendSettings, EvalSettings, TrainSettings
 from advrobust.evaluation import EvalResult, evaluate, save_run
 from advrobust.evaluation.suites import build_suite
+from advrobust.models.io import CARD_NAME
 from advrobust.runs import TrainOutcome, defend_run, eval_run, load_model_and_data, train_run
 from advrobust.threat import ThreatModel
 from advrobust.training import StepInfo
@@ -188,7 +189,8 @@ def run_demo(
     if report:
         from advrobust.report import build_report  # late: matplotlib is only needed here
 
-        inputs = [results_path, *(p for row in rows for p in (row.path, row.path / EVAL_NAME))]
+        # Each model's card, not its folder: a folder would also bring in the distilled model's teacher.
+        inputs = [results_path, *(p for row in rows for p in (row.path / CARD_NAME, row.path / EVAL_NAME))]
         report_path = build_report(inputs, root / REPORT_DIR, title="advrobust demo report").html_path
     return DemoOutcome(
         trained, evaluated.results, root, results_path, time.perf_counter() - start, report_path, rows
