@@ -709,6 +709,14 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if "access_note" in first.meta:
         console.print(f"note: {first.meta['access_note']}", markup=False, highlight=False, soft_wrap=True)
+    if "adaptive_note" in first.meta:
+        console.print(
+            f"warning: {first.meta['adaptive_note']}",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if outcome.curve is not None:
         curve = outcome.curve
         chart = Table(title=f"Robustness curve ({curve.norm}; from {', '.join(curve.sources)})")

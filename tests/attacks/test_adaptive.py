@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from advrobust.attacks import APGD, BPDA, EOT, PGD, Attack, adapt, create_attack
+from advrobust.attacks import APGD, BPDA, EOT, FGSM, PGD, Attack, adapt, create_attack
 from advrobust.attacks.adaptive import BPDAModel, EOTModel
 from advrobust.defenses import BitDepth, GaussianNoise, InputTransformDefense
 from advrobust.errors import ConfigError
@@ -165,3 +165,31 @@ def test_adaptive_suite_is_the_standard_recipe_adapted(trained_cnn: nn.Module, b
     naive = evaluate(masked, (x, y), "quick", threat=strong)
     assert naive.robust.value > 0.8 and result.robust.value < 0.1  # random starts alone break a few
     assert result.attacks[0].name == "bpda" and result.attacks[0].fooled >= 14
+
+
+def test_evaluate_warns_when_no_gradient_attack_adapts_to_the_model(
+    trained_cnn: nn.Module, batch: Batch
+) -> None:
+    """A non-adaptive number on a defended model is flagged as an upper bound, in the result itself."""
+    data = (batch[0][:16], batch[1][:16])
+    pgd = PGD(threat=THREAT, steps=2)
+    masked = InputTransformDefense(trained_cnn, [BitDepth(bits=4)]).eval()
+    noisy = InputTransformDefense(trained_cnn, [GaussianNoise(sigma=0.1)]).eval()
+
+    plain = evaluate(masked, data, [pgd, FGSM(threat=THREAT)]).meta
+    assert plain["upper_bound"] is True
+    assert "non-differentiable" in plain["adaptive_note"] and "BPDA" in plain["adaptive_note"]
+    assert "pgd-2" in plain["adaptive_note"] and "--suite adaptive" in plain["adaptive_note"]
+    random = evaluate(noisy, data, [APGD(threat=THREAT, steps=2)]).meta
+    assert "randomness" in random["adaptive_note"] and "EOT" in random["adaptive_note"]
+
+    # One adapted gradient attack in the worst case is enough; an undefended model needs none.
+    for model, attacks in (
+        (masked, [pgd, adapt(pgd, masked)]),
+        (masked, [BPDA(attack=pgd)]),
+        (noisy, [APGD(threat=THREAT, steps=2, eot_iter=4)]),
+        (noisy, [EOT(attack=pgd, samples=4)]),
+        (trained_cnn, [pgd]),
+    ):
+        meta = evaluate(model, data, attacks).meta
+        assert "adaptive_note" not in meta and "upper_bound" not in meta

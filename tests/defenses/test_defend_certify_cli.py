@@ -49,15 +49,23 @@ def test_defend_saves_a_model_that_loads_behind_its_transforms(runs: Path, defen
     assert [t.name for t in stacked.chain()] == ["jpeg", "bitdepth", "blur"]
 
 
-def test_adaptive_suite_measures_the_defense_honestly(defended: Path, tmp_path: Path) -> None:
+def test_adaptive_suite_measures_the_defense_honestly(
+    defended: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     common = ["eval", "--model", str(defended), "--eps", "0.2", "--n", "12", "--quiet"]
     assert main([*common, "--attack", "pgd", "--json", str(tmp_path / "naive.json")]) == 0
+    # The naive number is printed with a warning that names the fix, and is marked in the JSON.
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "warning: the model declares a non-differentiable part but pgd-40 ran without BPDA" in printed
+    assert "--suite adaptive" in printed
     assert main([*common, "--suite", "adaptive", "--json", str(tmp_path / "adaptive.json")]) == 0
     naive = json.loads((tmp_path / "naive.json").read_text())["results"][0]
     adaptive = json.loads((tmp_path / "adaptive.json").read_text())["results"][0]
     assert [a["name"] for a in adaptive["attacks"]] == ["bpda", "bpda", "bpda", "square"]
     assert adaptive["attacks"][0]["params"]["attack"]["name"] == "apgd"
     assert naive["robust"]["correct"] >= 10 and adaptive["robust"]["correct"] <= 2
+    assert naive["meta"]["upper_bound"] and "adaptive_note" not in adaptive["meta"]
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_certify_writes_certificates(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ def _model(
     seconds: float | None = 10.0,
     objective: str = "standard",
     audit: str | None = None,
+    note: str | None = None,
 ) -> ModelEntry:
     """A model evaluated at linf 0.3 on N samples: ``attacks`` maps name to correct count (each on all)."""
     records = [
@@ -41,6 +42,7 @@ def _model(
         clean_seconds=0.1,
         seed=0,
         cascade=False,
+        meta={"upper_bound": True, "adaptive_note": note} if note else {},
     )
     card: dict[str, Any] = {"arch": "small-cnn", "training": {"objective": {"name": objective}}}
     if seconds is not None:
@@ -77,6 +79,25 @@ def test_a_model_that_failed_its_audit_is_not_recommended_however_robust_it_look
         "masked shows the highest robust accuracy (90.0%) but failed the gradient-masking"
     )
     assert lines[1].startswith("Use pgd-at against linf eps 0.3 attacks")
+
+
+def test_a_number_from_attacks_that_ignore_the_defense_is_not_recommended() -> None:
+    note = "the model declares a non-differentiable part but pgd-40 ran without BPDA: ..."
+    models = [
+        _model("standard", 980, {"pgd": 100}, audit="pass"),
+        _model("pgd-at", 950, {"pgd": 600, "apgd": 550}, objective="pgd-at", audit="pass"),
+        _model("jpeg", 975, {"pgd": 950}, note=note),
+    ]
+    rows = {r.name: r for r in summary_rows(models, HEADLINE)}
+    assert rows["jpeg"].caveat == note and rows["pgd-at"].caveat is None
+    lines = verdict(models, HEADLINE)
+    assert lines[0].startswith(
+        "jpeg shows the highest robust accuracy (95.0%) but was attacked without BPDA/EOT although it declares"
+    )
+    assert lines[1].startswith("Use pgd-at against linf eps 0.3 attacks")
+    # Alone, it is still reported, with the warning.
+    alone = verdict([_model("jpeg", 975, {"pgd": 950}, note=note)], HEADLINE)
+    assert f"Do not trust jpeg's number yet: {note}." in alone
 
 
 def test_a_defense_that_only_beats_the_naive_attack_is_called_out() -> None:

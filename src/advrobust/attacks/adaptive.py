@@ -10,6 +10,7 @@ from those declarations, and the ``adaptive`` suite uses it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,3 +222,23 @@ def adapt(attack: Attack, model: nn.Module, *, samples: int = 20) -> Attack:
     if not is_differentiable(model):
         adapted = BPDA(attack=adapted)
     return adapted
+
+
+def unadapted(attacks: Sequence[Attack], model: nn.Module) -> list[Attack]:
+    """The gradient attacks among ``attacks`` that ignore what ``model`` declares: no BPDA around one when the
+    model is not differentiable, no EOT (wrapper or ``eot_iter`` > 1) when it is randomized. Their robust
+    accuracy on such a model is only an upper bound, often far above the truth."""
+    need_bpda, need_eot = not is_differentiable(model), is_randomized(model)
+    found = []
+    for attack in attacks:
+        if attack.gradient_free:
+            continue
+        inner, bpda, eot = attack, False, False
+        while isinstance(inner, _Wrapper):
+            bpda |= isinstance(inner, BPDA)
+            eot |= isinstance(inner, EOT) and inner.samples > 1
+            inner = inner.inner
+        eot |= int(getattr(inner, "eot_iter", 1)) > 1
+        if (need_bpda and not bpda) or (need_eot and not eot):
+            found.append(attack)
+    return found

@@ -17,7 +17,7 @@ from advrobust import distributed
 from advrobust.attacks.base import Attack
 from advrobust.contract import ACCESS_LEVELS, Access, check_inputs, check_labels, check_outputs, eval_mode
 from advrobust.errors import ConfigError, DataError, InputError
-from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
+from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult, attack_label
 from advrobust.fileio import atomic_write_json
 from advrobust.threat import ThreatModel
 
@@ -257,6 +257,7 @@ def evaluate(
     if not attacks:
         raise ConfigError("no attacks given: pass at least one, e.g. [PGD(threat=ThreatModel(eps=0.3))]")
     _check_access(attacks, access)
+    adaptive_note = _adaptive_note(attacks, model)
     threat = threat or attacks[0].threat
     for attack in attacks:
         if attack.threat != threat:
@@ -324,6 +325,8 @@ def evaluate(
     if not records:
         raise InputError("the data yielded no samples: pass a non-empty data set")
     extra: dict[str, Any] = {"batch_size": batch_size}
+    if adaptive_note is not None:
+        extra.update(upper_bound=True, adaptive_note=adaptive_note)
     if chunker.backoffs:
         extra.update(oom_backoffs=chunker.backoffs, attack_batch_size=chunker.limit)
     return _assemble(
@@ -351,6 +354,29 @@ def _check_access(attacks: Sequence[Attack], access: Access) -> None:
             raise ConfigError(
                 f"{attack.name} needs more than labels but the access is decision-based: use hopskipjump"
             )
+
+
+def _adaptive_note(attacks: Sequence[Attack], model: nn.Module) -> str | None:
+    """A warning when the gradient attacks all ignore what the model declares (non-differentiable or random
+    parts). One adapted gradient attack in the worst case is enough: the others only add to it."""
+    from advrobust.attacks.adaptive import is_differentiable, is_randomized, unadapted
+
+    loose = unadapted(attacks, model)
+    if not loose or any(not a.gradient_free and a not in loose for a in attacks):
+        return None
+    declares, needs = [], []
+    if not is_differentiable(model):
+        declares.append("a non-differentiable part")
+        needs.append("BPDA")
+    if is_randomized(model):
+        declares.append("randomness")
+        needs.append("EOT")
+    names = ", ".join(attack_label(a.name, a.params()) for a in loose)
+    return (
+        f"the model declares {' and '.join(declares)} but {names} ran without {' and '.join(needs)}: "
+        "its gradients can hide adversarial examples, so this robust accuracy is only an upper bound and "
+        "may be far too high; evaluate with --suite adaptive (or wrap the attacks with adapt())"
+    )
 
 
 def _access_meta(access: Access) -> dict[str, Any]:

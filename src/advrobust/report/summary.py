@@ -23,6 +23,8 @@ class SummaryRow:
     training_seconds: float | None
     attacks: str
     audit: str | None
+    caveat: str | None = None
+    """Set when the evaluation's gradient attacks ignored the model's non-differentiable or random parts."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +35,7 @@ class SummaryRow:
             "training_seconds": self.training_seconds,
             "attacks": self.attacks,
             "audit": self.audit,
+            "caveat": self.caveat,
         }
 
 
@@ -70,6 +73,7 @@ def summary_rows(models: Sequence[ModelEntry], headline: Headline | None) -> lis
                 training_seconds=entry.training_seconds,
                 attacks=ev.attack_label if ev else "-",
                 audit=audit_status(entry, headline),
+                caveat=ev.result.meta.get("adaptive_note") if ev else None,
             )
         )
     return rows
@@ -99,8 +103,9 @@ def best_row(rows: Sequence[SummaryRow]) -> SummaryRow | None:
 
 
 def recommended(rows: Sequence[SummaryRow]) -> SummaryRow | None:
-    """The most robust model among those whose audit did not fail (all of them when every audit failed)."""
-    return best_row([r for r in rows if r.audit != "fail"]) or best_row(rows)
+    """The most robust model among those whose audit did not fail and whose number came from attacks that
+    adapt to it (all of them when none qualifies)."""
+    return best_row([r for r in rows if r.audit != "fail" and r.caveat is None]) or best_row(rows)
 
 
 def _masking_lines(models: Sequence[ModelEntry], headline: Headline) -> list[str]:
@@ -142,9 +147,14 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
     lines = []
     top = best_row(rows)
     if top is not None and top is not best and top.robust is not None:
+        why = (
+            "failed the gradient-masking audit"
+            if top.audit == "fail"
+            else "was attacked without BPDA/EOT although it declares non-differentiable or random parts"
+        )
         lines.append(
-            f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but failed the gradient-masking "
-            "audit: do not trust that number until `advrobust eval --suite adaptive` confirms it."
+            f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but {why}: do not trust that "
+            "number until `advrobust eval --suite adaptive` confirms it."
         )
     others = [r for r in rows if r is not best and r.robust is not None and r.clean is not None]
     if not others:
@@ -179,7 +189,11 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
             f"Use {_named(best)} against {threat} attacks: {_pct(best.robust)} robust accuracy vs "
             f"{_pct(baseline.robust)} for {baseline.name}. {price}{cost}."
         )
-        rivals = [r for r in others if r.audit != "fail" or best.audit == "fail"]
+        rivals = [
+            r
+            for r in others
+            if (r.audit != "fail" or best.audit == "fail") and (r.caveat is None or best.caveat)
+        ]
         runner = best_row(rivals)
         if (
             runner is not None
@@ -191,6 +205,8 @@ def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str
                 f"(n={best.robust.total}): evaluate more samples to separate them."
             )
     lines += _masking_lines(models, headline)
+    if best.caveat is not None:
+        lines.append(f"Do not trust {best.name}'s number yet: {best.caveat}.")
     if best.audit == "fail":
         lines.append(
             f"Do not trust {best.name}'s number yet: its gradient-masking audit failed (see the audit section); "
