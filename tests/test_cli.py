@@ -67,7 +67,7 @@ def test_train_writes_a_run_directory(run_dir: Path) -> None:
     assert card.metrics["clean_accuracy"] > 0.9
 
 
-def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
+def test_eval_with_json(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.json"
     code = main(
         [
@@ -92,6 +92,8 @@ def test_eval_with_json(run_dir: Path, tmp_path: Path) -> None:
         ]
     )
     assert code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "note: fgsm and pgd-10 only bound robust accuracy from above; `--suite standard`" in printed
     data = json.loads(out.read_text())
     assert data["schema"] == "advrobust.run/1"
     results = load_results(out)
@@ -118,6 +120,7 @@ def test_eval_table_is_whole_when_piped(run_dir: Path) -> None:
     for column in ("eps", "clean", "apgd-t-dlr-100", "fab-t-100", "square", "robust", "seconds"):
         assert column in header
     assert "after it and every attack before it (cascade)" in done.stdout
+    assert "only bound robust accuracy" not in done.stdout  # the full suite ran
 
 
 def test_eval_batch_size_auto(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

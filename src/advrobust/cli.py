@@ -709,6 +709,17 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if "access_note" in first.meta:
         console.print(f"note: {first.meta['access_note']}", markup=False, highlight=False, soft_wrap=True)
+    labels = [a.label for a in first.attacks]
+    if first.meta.get("access") == "white-box" and not any(
+        name in label for label in labels for name in ("apgd", "square", "fab", "cw")
+    ):
+        console.print(
+            f"note: {' and '.join(labels)} only bound robust accuracy from above; `--suite standard` "
+            "(AutoAttack's recipe) is the full test",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if "adaptive_note" in first.meta:
         console.print(
             f"warning: {first.meta['adaptive_note']}",
