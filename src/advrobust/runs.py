@@ -272,6 +272,7 @@ def _teacher_record(path: str, *, trained_here: bool) -> dict[str, Any]:
         "arch": card.arch,
         "objective": objective if isinstance(objective, dict) else None,
         "trained_here": trained_here,
+        "seconds": card.training.get("seconds"),  # part of what the distilled model cost
     }
 
 

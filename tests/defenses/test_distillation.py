@@ -243,6 +243,7 @@ def test_cli_distillation_trains_the_teacher_then_the_student(
         "arch": "small-cnn",
         "objective": {"name": "temperature-ce", "temperature": 20.0},
         "trained_here": True,
+        "seconds": teacher_card.training["seconds"],
     }
     assert objective["teacher"] == describe_teacher(load_model(out / "teacher"))
     assert isinstance(load_model(out), nn.Module)

@@ -12,6 +12,7 @@ import pytest
 from advrobust.data import load_dataset
 from advrobust.errors import DataError
 from advrobust.report import Report, build_report, gather, headline_threat, load_report, per_class
+from advrobust.report.data import ModelEntry
 from advrobust.report.examples import fill_labels
 
 
@@ -101,3 +102,13 @@ def test_inputs_that_are_not_advrobust_files_are_one_line_errors(tmp_path: Path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no run directory"):
         gather([tmp_path / "empty"])
+
+
+def test_a_distilled_model_costs_its_teacher_training_too() -> None:
+    card = {"training": {"seconds": 2.0, "teacher": {"path": "t", "seconds": 1.5, "trained_here": True}}}
+    assert ModelEntry(name="distilled", key="d", card=card).training_seconds == 3.5
+    assert ModelEntry(name="plain", key="p", card={"training": {"seconds": 2.0}}).training_seconds == 2.0
+    assert (
+        ModelEntry(name="old", key="o", card={"training": {"teacher": {"seconds": 1.0}}}).training_seconds
+        is None
+    )

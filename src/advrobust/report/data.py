@@ -82,9 +82,15 @@ class ModelEntry:
 
     @property
     def training_seconds(self) -> float | None:
-        """Training time from the card (a transform defense inherits its source model's)."""
-        seconds = (self.card or {}).get("training", {}).get("seconds")
-        return float(seconds) if isinstance(seconds, (int, float)) else None
+        """Training time from the card (a transform defense inherits its source model's), with the teacher's
+        for a distilled model: the defense cost both."""
+        training = (self.card or {}).get("training", {})
+        seconds = training.get("seconds")
+        if not isinstance(seconds, (int, float)):
+            return None
+        teacher = training.get("teacher")
+        extra = teacher.get("seconds") if isinstance(teacher, dict) else None
+        return float(seconds) + (float(extra) if isinstance(extra, (int, float)) else 0.0)
 
     @property
     def classes(self) -> list[str] | None:
