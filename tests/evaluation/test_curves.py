@@ -55,3 +55,22 @@ def test_l2_curve_uses_cw_too(trained_cnn: nn.Module, batch: Batch) -> None:
     finite = [d for d in curve.distances if math.isfinite(d)]
     assert len(finite) >= 20
     assert curve.accuracy[-1] <= 0.2
+
+
+def test_a_defended_model_gets_an_adaptive_curve(trained_cnn: nn.Module, batch: Batch) -> None:
+    """Through a non-differentiable defense the curve goes through BPDA: it does not show masked gradients as
+    robustness (a plain curve stays near the clean accuracy at every eps)."""
+    from advrobust.defenses import InputTransformDefense
+
+    x, y = batch
+    x, y = x[:48], y[:48]
+    masked = InputTransformDefense(trained_cnn, ["bitdepth:4"]).eval()
+    curve = robustness_curve(masked, x, y, norm="linf", eps_max=0.2, points=3)
+    assert curve.sources == ["bpda(fab)", "bpda(deepfool)", "bpda(apgd)"]
+    plain = robustness_curve(trained_cnn, x, y, norm="linf", eps_max=0.2, points=3)
+    assert curve.accuracy[-1] <= plain.accuracy[-1] + 0.1  # about the undefended model's, not the clean one
+    assert curve.accuracy[-1] < curve.accuracy[0] - 0.5
+    noisy = InputTransformDefense(trained_cnn, ["noise:0.1"]).eval()
+    random_curve = robustness_curve(noisy, x, y, norm="linf", eps_max=0.2, points=3)
+    assert random_curve.sources == ["eot(apgd)"]
+    assert random_curve.accuracy[-1] < 0.5

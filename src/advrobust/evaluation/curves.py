@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advrobust.attacks.adaptive import BPDAModel, adapt, is_differentiable, is_randomized
 from advrobust.attacks.base import Attack, create_attack
 from advrobust.contract import check_model_io, eval_mode
 from advrobust.errors import ConfigError
@@ -78,7 +79,9 @@ def robustness_curve(
     Minimum-norm attacks (``run_min_norm``) give each sample a distance directly; the fixed-eps attack
     (default APGD-CE) runs at each of ``points - 1`` grid values on the samples not yet broken below it, and
     a sample it breaks gets that grid value as its distance (resolution: the grid). The curve is the
-    per-sample minimum over all of them.
+    per-sample minimum over all of them. Attacks follow what the model declares: through BPDA when it is not
+    differentiable; when it is randomized the fixed-eps attack uses EOT and the default minimum-norm attacks
+    are left out (a random model has no fixed minimal distance to find).
     Shape: x (N, C, H, W) in [0, 1], y (N,) int64.
     """
     if points < 2:
@@ -89,19 +92,26 @@ def robustness_curve(
     distances = torch.full((n,), math.inf, dtype=torch.float64)
     distances[logits.argmax(dim=1).cpu() != y.cpu()] = 0.0
     sources: list[str] = []
-    min_norm = list(attacks) if attacks is not None else _min_norm_attacks(threat)
+    masked = not is_differentiable(model)
+    if attacks is not None:
+        min_norm = list(attacks)
+    else:
+        min_norm = [] if is_randomized(model) else _min_norm_attacks(threat)
+    if not min_norm and fixed_eps_attack is None:
+        raise ConfigError("no attack draws this curve: pass minimum-norm attacks or a fixed_eps_attack")
+    gradient_model = BPDAModel(model) if masked else model
     with eval_mode(model):
         for k, attack in enumerate(min_norm):
             run_min_norm = getattr(attack, "run_min_norm", None)
             if run_min_norm is None:
                 raise ConfigError(f"{attack.name} is not a minimum-norm attack: pass FAB, DeepFool or CW")
-            sources.append(attack.name)
+            sources.append(f"bpda({attack.name})" if masked else attack.name)
             for start in range(0, n, batch_size):
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
                 gen = torch.Generator(device=x.device).manual_seed(
                     batch_seed(seed, start // batch_size, 100 + k)
                 )
-                x_adv, dist = run_min_norm(model, xb, yb, generator=gen)
+                x_adv, dist = run_min_norm(gradient_model, xb, yb, generator=gen)
                 with torch.no_grad():
                     fooled = model(x_adv).argmax(dim=1) != yb
                 dist = torch.where(fooled, dist.double(), torch.full_like(dist.double(), math.inf)).cpu()
@@ -109,9 +119,10 @@ def robustness_curve(
                 distances[start : start + batch_size] = torch.minimum(part, dist)
         grid = [round(eps_max * i / (points - 1), 12) for i in range(points)]
         if fixed_eps_attack is not None:
-            sources.append(fixed_eps_attack)
+            label = f"eot({fixed_eps_attack})" if is_randomized(model) else fixed_eps_attack
+            sources.append(f"bpda({label})" if masked else label)
             for g, eps in enumerate(grid[1:]):
-                attack = create_attack(fixed_eps_attack, threat=threat.with_eps(eps))
+                attack = adapt(create_attack(fixed_eps_attack, threat=threat.with_eps(eps)), model)
                 todo = (distances > eps).nonzero().squeeze(1)
                 for start in range(0, todo.numel(), batch_size):
                     idx = todo[start : start + batch_size]
