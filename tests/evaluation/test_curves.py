@@ -74,3 +74,25 @@ def test_a_defended_model_gets_an_adaptive_curve(trained_cnn: nn.Module, batch: 
     random_curve = robustness_curve(noisy, x, y, norm="linf", eps_max=0.2, points=3)
     assert random_curve.sources == ["eot(apgd)"]
     assert random_curve.accuracy[-1] < 0.5
+
+
+def test_a_fixed_eps_evaluation_folds_into_the_curve() -> None:
+    from advrobust.evaluation.curves import RobustnessCurve
+
+    inf = math.inf
+    curve = RobustnessCurve(
+        norm="linf",
+        eps=[0.0, 0.1, 0.2, 0.3],
+        accuracy=[0.75, 0.75, 0.5, 0.5],
+        ci_low=[0.0] * 4,
+        ci_high=[1.0] * 4,
+        distances=[0.0, 0.15, inf, inf],
+        sources=["fab"],
+        n=4,
+    )
+    # The suite broke samples 1 and 2 at 0.1 (sample 0 was misclassified clean, sample 3 held).
+    tighter = curve.with_fixed_eps(0.1, [False, True, True, False], "standard")
+    assert tighter.distances == [0.0, 0.1, 0.1, inf]
+    assert tighter.accuracy == [0.75, 0.25, 0.25, 0.25]
+    assert tighter.sources == ["fab", "standard"]
+    assert tighter.with_fixed_eps(0.3, [False] * 4, "standard").sources == ["fab", "standard"]

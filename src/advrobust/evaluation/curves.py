@@ -41,6 +41,15 @@ class RobustnessCurve:
         """Robust accuracy at any eps (from the per-sample distances)."""
         return sum(1 for d in self.distances if d > eps) / self.n
 
+    def with_fixed_eps(self, eps: float, fooled: Sequence[bool], source: str) -> RobustnessCurve:
+        """The curve with a fixed-eps evaluation of the same samples folded in: a sample ``fooled`` at
+        ``eps`` is at most ``eps`` away. Points at and above ``eps`` can only go down."""
+        if len(fooled) != self.n:
+            raise ConfigError(f"{len(fooled)} samples evaluated at eps {eps:g}, the curve has {self.n}")
+        distances = [min(d, eps) if hit else d for d, hit in zip(self.distances, fooled, strict=True)]
+        sources = self.sources if source in self.sources else [*self.sources, source]
+        return _curve(self.norm, self.eps, distances, sources)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "advrobust.curve/1",
@@ -137,9 +146,15 @@ def robustness_curve(
                     distances[broken] = torch.minimum(
                         distances[broken], torch.full_like(distances[broken], eps)
                     )
+    return _curve(norm, grid, distances.tolist(), sources)
+
+
+def _curve(norm: str, grid: list[float], distances: list[float], sources: list[str]) -> RobustnessCurve:
+    """The curve on ``grid`` from per-sample distances, with Wilson intervals."""
+    n = len(distances)
     accuracy, low, high = [], [], []
     for eps in grid:
-        correct = int((distances > eps).sum())
+        correct = sum(1 for d in distances if d > eps)
         lo, hi = wilson_interval(correct, n)
         accuracy.append(correct / n)
         low.append(lo)
@@ -150,7 +165,7 @@ def robustness_curve(
         accuracy=accuracy,
         ci_low=low,
         ci_high=high,
-        distances=distances.tolist(),
+        distances=distances,
         sources=sources,
         n=n,
     )
