@@ -72,12 +72,27 @@ def _pillow_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 @pytest.mark.parametrize("quality", [10, 75, 95])
 def test_jpeg_is_the_codec_on_real_digits(batch: Batch, quality: int) -> None:
-    x = batch[0][:8]
+    x = batch[0][:200]
     out = JPEG(quality=quality)(x)
     pixels = (x[:, 0] * 255).round().to(torch.uint8).numpy()
     expected = np.stack([_pillow_jpeg(p, quality) for p in pixels])
     assert torch.equal((out[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(expected))
     assert not torch.equal(out, x)  # it did compress
+
+
+@pytest.mark.parametrize(("shape", "side"), [((50, 1, 28, 28), 96), ((40, 1, 9, 31), 40), ((5, 1, 1, 1), 8)])
+@pytest.mark.parametrize("quality", [1, 75, 100])
+def test_jpeg_mosaics_decode_to_each_image_coded_alone(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], side: int, quality: int
+) -> None:
+    """Grayscale batches go through the codec as mosaics of block-padded tiles; small mosaics force several
+    rows and several mosaics, sizes that are not whole 8x8 blocks force the encoder's edge padding."""
+    monkeypatch.setattr(JPEG, "MOSAIC_SIDE", side)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(quality))
+    out = JPEG(quality=quality)(x)
+    pixels = (x[:, 0] * 255).round().to(torch.uint8).numpy()
+    expected = np.stack([_pillow_jpeg(p, quality) for p in pixels])
+    assert torch.equal((out[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(expected))
 
 
 def test_jpeg_is_the_codec_on_rgb() -> None:

@@ -162,13 +162,17 @@ class JPEG(Transform):
     Not differentiable: rounding to 8 bits makes it piecewise constant, and autograd reports that true,
     useless gradient, zero. BPDA's surrogate is the identity, as in Athalye et al.: on MNIST it beat a
     differentiable JPEG (block DCT, soft-rounded quantisation; 48% vs 52% under BPDA-PGD). Images are
-    rounded to 8 bits, encoded and decoded one at a time on the CPU: this is codec I/O, not a hot path.
-    Grayscale (C=1) and RGB (C=3) only.
+    rounded to 8 bits and go through the codec on the CPU: grayscale batches as one mosaic of tiles padded to
+    whole 8x8 blocks the way the encoder pads a lone image (edge pixels repeated), which decodes to exactly
+    the pixels of coding each image alone, 10-15x faster on MNIST; RGB images one at a time (4:2:0 chroma
+    would mix neighbouring tiles). Grayscale (C=1) and RGB (C=3) only.
     Shape: x (N, 1 or 3, H, W) in [0, 1] -> like x, multiples of 1/255.
     """
 
     primary: ClassVar[str | None] = "quality"
     differentiable = False
+    #: Largest side of a grayscale mosaic (JPEG allows 65,535).
+    MOSAIC_SIDE: ClassVar[int] = 65_000
 
     def __init__(self, *, quality: int = 75) -> None:
         super().__init__()
@@ -184,10 +188,34 @@ class JPEG(Transform):
         if x.shape[1] not in (1, 3):
             raise ConfigError(f"JPEG compresses grayscale or RGB images, got {x.shape[1]} channels")
         pixels = x.detach().mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        decoded = np.stack([self._codec(image) for image in pixels])
+        if x.shape[1] == 1:
+            decoded = self._codec_grey(pixels[..., 0])[..., None]
+        else:
+            decoded = np.stack([self._codec(image) for image in pixels])
         out = torch.from_numpy(decoded).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255
         # Connected to x with a zero gradient, like torch.round: attacks run and see no signal.
         return out + 0 * x
+
+    def _codec_grey(self, pixels: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """Grayscale images (N, H, W) through the codec as mosaics of at most MOSAIC_SIDE pixels a side."""
+        n, h, w = pixels.shape
+        bh, bw = -(-h // 8) * 8, -(-w // 8) * 8  # whole 8x8 blocks, as the encoder pads a lone image
+        tiles = np.pad(pixels, ((0, 0), (0, bh - h), (0, bw - w)), mode="edge")
+        cols = max(1, min(n, self.MOSAIC_SIDE // bw))
+        rows = max(1, self.MOSAIC_SIDE // bh)
+        out = np.empty_like(pixels)
+        for start in range(0, n, cols * rows):
+            part = tiles[start : start + cols * rows]
+            k = part.shape[0]
+            c = min(cols, k)
+            r = -(-k // c)
+            grid = np.zeros((r * c, bh, bw), dtype=np.uint8)
+            grid[:k] = part
+            canvas = grid.reshape(r, c, bh, bw).transpose(0, 2, 1, 3).reshape(r * bh, c * bw)
+            decoded = self._codec(canvas[:, :, None])[:, :, 0]
+            back = decoded.reshape(r, bh, c, bw).transpose(0, 2, 1, 3).reshape(r * c, bh, bw)
+            out[start : start + k] = back[:k, :h, :w]
+        return out
 
     def _codec(self, image: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, np.dtype[np.uint8]]:
         grey = image.shape[2] == 1
