@@ -162,6 +162,23 @@ def fast_at_cases(args: argparse.Namespace, device: torch.device) -> list[dict[s
     return rows
 
 
+def suite_row(
+    rows: list[dict[str, Any]], model: str, variant: str, n: int, seconds: float, robust: float, **extra: Any
+) -> None:
+    """Append (and print) one timed run of a standard-suite recipe on the MNIST model ``model``."""
+    rows.append(
+        {
+            "case": f"standard suite {model}",
+            "variant": variant,
+            "n": n,
+            "seconds": seconds,
+            "robust_accuracy": robust,
+            **extra,
+        }
+    )
+    print(rows[-1], flush=True)
+
+
 def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     if not os.environ.get("ADVROBUST_DATA") or args.models is None:
         print("MNIST suite skipped: set ADVROBUST_DATA and --models")
@@ -185,17 +202,8 @@ def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str
             ),
             device,
         )
-        rows.append(
-            {
-                "case": f"standard suite {name}",
-                "variant": "advrobust",
-                "n": len(y),
-                "seconds": seconds,
-                "robust_accuracy": result.robust.value,
-                "per_attack": [[a.name, a.attacked, a.fooled, a.seconds] for a in result.attacks],
-            }
-        )
-        print(rows[-1], flush=True)
+        per_attack = [[a.name, a.attacked, a.fooled, a.seconds] for a in result.attacks]
+        suite_row(rows, name, "advrobust", len(y), seconds, result.robust.value, per_attack=per_attack)
         try:
             from pyautoattack import AutoAttack
         except Exception as exc:  # the reference is optional here, as torchattacks
@@ -210,16 +218,8 @@ def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str
                     return model(x_adv).argmax(1) == y
 
             robust, seconds = timed(run_reference, device)
-            rows.append(
-                {
-                    "case": f"standard suite {name}",
-                    "variant": "reference AutoAttack (pyautoattack), standard",
-                    "n": len(y),
-                    "seconds": seconds,
-                    "robust_accuracy": float(robust.float().mean()),
-                }
-            )
-            print(rows[-1], flush=True)
+            variant = "reference AutoAttack (pyautoattack), standard"
+            suite_row(rows, name, variant, len(y), seconds, float(robust.float().mean()))
         try:
             import torchattacks as ta
         except Exception:
@@ -251,16 +251,8 @@ def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str
             return robust
 
         robust, seconds = timed(cascade, device)
-        rows.append(
-            {
-                "case": f"standard suite {name}",
-                "variant": "torchattacks members, 100 steps",
-                "n": len(y),
-                "seconds": seconds,
-                "robust_accuracy": float(robust.float().mean()),
-            }
-        )
-        print(rows[-1], flush=True)
+        variant = "torchattacks members, 100 steps"
+        suite_row(rows, name, variant, len(y), seconds, float(robust.float().mean()))
     return rows
 
 

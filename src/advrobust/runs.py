@@ -512,9 +512,9 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
             seed=settings.seed,
         )
         # The evaluations above ran on the same samples: what they broke at an eps is broken there.
+        label = settings.suite if settings.suite is not None else "+".join(settings.attack_names)
         for result in results:
             fooled = [c and not r for c, r in zip(result.clean_correct, result.robust_correct, strict=True)]
-            label = settings.suite if settings.suite is not None else "+".join(settings.attack_names)
             curve = curve.with_fixed_eps(float(result.threat["eps"]), fooled, label)
     if settings.json_path is not None and group.is_main:
         extra = {"curve": curve.to_dict()} if curve is not None else {}
