@@ -658,6 +658,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if result.stopped is not None:
         console.print(f"warning: {result.stopped['reason']}", style="yellow", markup=False, highlight=False)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", style="bold red", markup=False, highlight=False, soft_wrap=True)
     if result.weights == "best":
         console.print(
             f"saved the weights of epoch {result.best_epoch}, the most robust on the held-out images"

@@ -215,6 +215,7 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
             "weights": result.weights,
             "best_epoch": result.best_epoch,
             "stopped": result.stopped,
+            "warnings": result.warnings,
             **teacher_record,
         },
         metrics=metrics,

@@ -14,6 +14,7 @@ from advrobust.data import ImageDataset
 from advrobust.errors import ConfigError, ModelFileError
 from advrobust.fileio import atomic_writer
 from advrobust.models import create_model
+from advrobust.threat import ThreatModel
 from advrobust.training import (
     CHECKPOINT_NAME,
     EMA,
@@ -25,10 +26,11 @@ from advrobust.training import (
     TrainConfig,
     TrainContext,
     accuracy,
+    create_objective,
     load_checkpoint,
     train,
 )
-from advrobust.training.trainer import _cyclic, _optimizer
+from advrobust.training.trainer import _cyclic, _optimizer, not_robust_warning
 
 from .conftest import THREAT, make_objective, small_cnn
 
@@ -303,6 +305,31 @@ def test_robust_validation_holds_out_samples_and_delivers_the_most_robust_epoch(
     assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]
     for key, value in last.state_dict().items():
         assert torch.equal(value, snapshots[3][key]), key
+
+
+def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> None:
+    # At linf eps 0.5 every image can be moved to the same grey image: no model can be robust, and the
+    # run must not end as if it were. The same run at eps 0.1 becomes robust and says nothing.
+    data = mini_train.take(1000)
+    config = TrainConfig(epochs=2, batch_size=50, lr=2e-3, robust_val=200, robust_val_steps=10)
+    hopeless = create_objective("fast-at", threat=ThreatModel(norm="linf", eps=0.5), guard=False)
+    failed = train(small_cnn(), data, objective=hopeless, config=config)
+    assert max(h["holdout_robust_accuracy"] for h in failed.history) < 0.1
+    assert len(failed.warnings) == 1 and "did not become robust" in failed.warnings[0]
+    assert "eps 0.5" in failed.warnings[0] and failed.to_dict()["warnings"] == failed.warnings
+    fine = train(small_cnn(), data, objective=make_objective("fast-at", guard=False), config=config)
+    assert max(h["holdout_robust_accuracy"] for h in fine.history) > 0.3
+    assert fine.warnings == []
+
+
+def test_the_not_robust_warning_compares_with_guessing_the_most_common_class() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 2, 3, 4, 5, 6, 7])  # always answering 0 scores 30%
+    history = [{"holdout_robust_accuracy": 0.1}, {"holdout_robust_accuracy": 0.3}]
+    warning = not_robust_warning(history, labels, THREAT, 10)
+    assert warning is not None and "30.0%" in warning and "PGD-10" in warning
+    assert not_robust_warning([*history, {"holdout_robust_accuracy": 0.31}], labels, THREAT, 10) is None
+    assert not_robust_warning(history, labels, None, 10) is None  # clean training: nothing to say
+    assert not_robust_warning([{"loss": 1.0}], labels, THREAT, 10) is None  # no robust validation
 
 
 def test_robust_validation_needs_an_adversarial_objective(mini_train: ImageDataset) -> None:

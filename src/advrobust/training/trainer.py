@@ -126,6 +126,7 @@ class TrainResult:
     ``weights``: "last" (the raw weights after the last epoch), "ema", or "best" (those of ``best_epoch``,
     the epoch with the highest accuracy under PGD on ``holdout_samples`` held out of the training data). ``stopped``: None, or the epoch, step and reason
     a callback gave (e.g. the overfitting guard), with the epoch and step of the weights it restored.
+    ``warnings``: what the user must know about the delivered model, e.g. that it never became robust.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -135,6 +136,7 @@ class TrainResult:
     best_epoch: int | None = None
     stopped: dict[str, Any] | None = None
     holdout_samples: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +147,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "stopped": self.stopped,
             "holdout_samples": self.holdout_samples,
+            "warnings": self.warnings,
         }
 
 
@@ -254,7 +257,37 @@ def train(
             distributed.barrier()
     run.deliver()
     model.eval()
+    if run.holdout is not None:
+        warning = not_robust_warning(
+            run.result.history, run.holdout.labels, run.threat, config.robust_val_steps
+        )
+        if warning is not None:
+            run.result.warnings = [warning]  # the CLI prints it after the epoch table; the card records it
     return run.result
+
+
+def not_robust_warning(
+    history: Sequence[dict[str, float]], labels: Tensor, threat: ThreatModel | None, steps: int
+) -> str | None:
+    """A warning when no epoch's held-out robust accuracy beat always guessing the held-out images' most
+    common class (``labels``: theirs), else None.
+
+    Adversarial training that never takes hold (single-step training overfitting from the first epoch, an
+    eps too large for the data or the model) otherwise ends without a word, its weights saved as if robust.
+    """
+    scores = [h["holdout_robust_accuracy"] for h in history if "holdout_robust_accuracy" in h]
+    if threat is None or not scores or labels.numel() == 0:
+        return None
+    guess = float(labels.bincount().max()) / labels.numel()
+    if max(scores) > guess:
+        return None
+    return (
+        f"the model did not become robust: its accuracy on the held-out images under PGD-{steps} at "
+        f"{threat.norm} eps {threat.eps:g} never rose above {max(scores):.1%}, where always answering their "
+        f"most common class scores {guess:.1%}. Train with a smaller eps or step size, ramp eps up "
+        "(--eps-warmup), or use pgd-at: single-step training (fast-at, free-at) can overfit catastrophically "
+        "from the first epoch"
+    )
 
 
 def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
