@@ -165,3 +165,25 @@ def test_result_of_a_sample_does_not_depend_on_its_batch(trained_cnn: nn.Module,
     assert 0.1 < float(fooled.float().mean()) < 0.9  # some leave early, some stay to the end
     assert torch.equal(whole, halves)
     assert torch.equal(whole, shuffled)
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+@pytest.mark.parametrize("eps", [0.08, 0.002])
+def test_every_sample_gets_its_own_point_before_the_projection(
+    trained_cnn: nn.Module, batch: Batch, restarts: int, eps: float
+) -> None:
+    # PGD writes each sample's best point back when the sample leaves the batch or at the end, into an
+    # output it never fills with x first: ``run`` itself (before the base class projects) must return a
+    # point inside the eps-ball for every sample. At eps 0.08 some samples leave early and some stay; at
+    # 0.002 none is fooled, so only the final write-back fills the output.
+    x, y = batch
+    threat = ThreatModel(eps=eps)
+    attack = PGD(threat=threat, steps=20, restarts=restarts)
+    raw = attack.run(trained_cnn, x, y, None, torch.Generator().manual_seed(0))
+    assert bool(threat.contains(raw, x).all())
+    assert bool((raw != x).flatten(1).any(dim=1).all())  # every sample moved (a random start at least)
+    fooled = float((~correct(trained_cnn, raw, y)).float().mean())
+    assert (
+        0.1 < fooled < 0.9 if eps == 0.08 else fooled == float((~correct(trained_cnn, x, y)).float().mean())
+    )
+    assert torch.equal(raw, attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(0)))

@@ -59,7 +59,9 @@ class PGD(Attack):
     ) -> Tensor:
         threat = self.threat
         n = x.shape[0]
-        best = x.clone()
+        # Every row is written back by the end of the first restart: no copy of x needed (fewer pages
+        # touched while the attack's own tensors are alive).
+        best = torch.empty_like(x)
         best_loss = torch.full((n,), float("-inf"), device=x.device)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
@@ -67,13 +69,13 @@ class PGD(Attack):
             rows = torch.arange(n, device=x.device) if restart == 0 else (~found).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            run = _Run(x, y, targets, rows, best, best_loss)
+            run = _Run(x, y, targets, rows, best, best_loss, whole=restart == 0)
             x_adv = threat.random_start(run.x, generator) if self.random_start else run.x.clone()
             for i in range(self.steps):
                 grad, logits, loss = input_gradient(model, x_adv, run.y, run.targets, self.loss)
                 run.keep(x_adv, logits, loss)
-                step = steepest_direction(grad, threat.norm)
-                x_adv = threat.project(x_adv + self.alpha * step, run.x)
+                x_adv = threat.project(x_adv + self.alpha * steepest_direction(grad, threat.norm), run.x)
+                del grad  # not kept alive through the next step's backward (the peak of memory)
                 if i + 1 < self.steps and _is_check(i + 1):
                     # Per-sample early stop: a fooled sample's result is final, so it leaves the batch.
                     keep_rows = run.compact(found)
@@ -103,13 +105,25 @@ class _Run:
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, targets: Tensor | None, rows: Tensor, best: Tensor, best_loss: Tensor
+        self,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        rows: Tensor,
+        best: Tensor,
+        best_loss: Tensor,
+        *,
+        whole: bool = False,
     ) -> None:
         self.rows = rows
-        self.x, self.y = x[rows], y[rows]
-        self.targets = None if targets is None else targets[rows]
         self.best, self.best_loss = best, best_loss
-        self.point, self.loss = best[rows], best_loss[rows]
+        if whole:  # the first restart: every row, nothing kept yet (x itself is the starting point)
+            self.x, self.y, self.targets = x, y, targets
+            self.point, self.loss = x, best_loss.clone()
+        else:
+            self.x, self.y = x[rows], y[rows]
+            self.targets = None if targets is None else targets[rows]
+            self.point, self.loss = best[rows], best_loss[rows]
         self.found = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
 
     def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
