@@ -13,6 +13,11 @@ eps 0.3, the same threads, for one timed epoch after a one-epoch warm-up on the 
 | pgd-at-madry | - | ``AdversarialTrainerMadryPGD`` as is (its PGD's own batch of 32) |
 | trades | ``TRADES(beta=6, steps=10, step_size=0.075)`` | ``AdversarialTrainerTRADESPyTorch(PGD-10 of 0.075, beta 6)`` |
 
+fast-at also runs as ``plain``: the same algorithm written as a bare PyTorch loop (no library, no trainer:
+the batch indexed from a float tensor, the uniform start, one input gradient through advrobust's
+``fast_input_gradients``, the signed step and projections, one training step of the fused Adam), i.e. the
+floor that PyTorch's kernels set for any library on this model. The summary prints both libraries against it.
+
 advrobust trains through ``advrobust.training.train`` with ``robust_val=0`` (the default holds 500 images out
 and attacks them with PGD-10 after each epoch: ``--robust-val-default`` keeps it). What each ART trainer does
 per batch (read from ART 1.20.1's source) and where it differs from advrobust is in ``DIFFERENCES`` below and
@@ -55,7 +60,7 @@ TRADES_STEPS, TRADES_STEP_SIZE, TRADES_BETA = 10, EPS / 4, 6.0
 FAST_STEP_SIZE = 1.25 * EPS
 
 METHODS: dict[str, tuple[str, ...]] = {
-    "fast-at": ("advrobust", "art"),
+    "fast-at": ("advrobust", "art", "plain"),
     "fast-at-guard": ("advrobust",),
     "pgd-at": ("advrobust", "art"),
     "pgd-at-madry": ("art",),
@@ -204,9 +209,43 @@ def art_epoch(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], No
     return (lambda: fit(x[:warm_n], y[:warm_n]), lambda: fit(x, y))
 
 
+def plain_epoch(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(warm-up, timed epoch) closures for Fast-AT as a bare PyTorch loop (the ``plain`` reference)."""
+    import torch.nn.functional as F
+
+    from advrobust.cpu_grad import fast_input_gradients
+
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    data = load_train(int(case["n"]))
+    images, labels = data.images.to(torch.float32).div(255), data.labels
+    bs, warm_n = int(case["batch_size"]), int(case["warmup_n"])
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(n: int) -> None:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, bs):
+            rows = order[start : start + bs]
+            x, y = images[rows], labels[rows]
+            noise = torch.rand(x.shape, generator=generator)
+            x_adv = (x + (2 * noise - 1) * EPS).requires_grad_(True)
+            model.eval()
+            with fast_input_gradients(model):
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+            step = x_adv.detach() + FAST_STEP_SIZE * grad.sign()
+            x_adv = torch.minimum(torch.maximum(step, x - EPS), x + EPS).clamp(0, 1)
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return (lambda: epoch(warm_n), lambda: epoch(len(data)))
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(case["threads"]))
-    build = advrobust_epoch if case["library"] == "advrobust" else art_epoch
+    build = {"advrobust": advrobust_epoch, "art": art_epoch, "plain": plain_epoch}[case["library"]]
     warmup, epoch = build(case)
     warmup()
     gc.collect()
@@ -391,6 +430,18 @@ def main() -> None:
             f"+{harness.fmt(r['advrobust_peak_rss_delta_mb'], '.0f')} vs "
             f"+{harness.fmt(r['art_peak_rss_delta_mb'], '.0f')} MB"
         )
+    summary = summarize(runs)
+    for threads in sorted({s["threads"] for s in summary}):
+        by = {s["library"]: s for s in summary if s["threads"] == threads and s["method"] == "fast-at"}
+        floor = by.get("plain")
+        if floor is None or floor.get("status") != "ok":
+            continue
+        others = ", ".join(
+            f"{lib} {by[lib]['seconds']:.2f} s ({by[lib]['seconds'] / floor['seconds']:.2f}x)"
+            for lib in ("advrobust", "art")
+            if lib in by and by[lib].get("status") == "ok"
+        )
+        print(f"fast-at as a bare PyTorch loop, threads {threads}: {floor['seconds']:.2f} s/epoch; {others}")
     print(f"wrote {args.out}")
 
 
