@@ -125,11 +125,16 @@ class _Run:
             self.targets = None if targets is None else targets[rows]
             self.point, self.loss = best[rows], best_loss[rows]
         self.found = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
+        self.own = False
 
     def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
         success = is_adversarial(logits, self.y, self.targets)
         better = ~self.found & (success | (loss > self.loss))
-        self.point = torch.where(better.reshape(-1, *([1] * (point.dim() - 1))), point, self.point)
+        mask = better.reshape(-1, *([1] * (point.dim() - 1)))
+        if self.own:  # update in place: one buffer for the whole run instead of a new one per step
+            torch.where(mask, point, self.point, out=self.point)
+        else:  # self.point is x or a slice of someone else's tensor: never written into
+            self.point, self.own = torch.where(mask, point, self.point), True
         self.loss = torch.where(better, loss, self.loss)
         self.found = self.found | success
 
@@ -149,4 +154,5 @@ class _Run:
         self.rows, self.x, self.y = self.rows[keep], self.x[keep], self.y[keep]
         self.targets = None if self.targets is None else self.targets[keep]
         self.point, self.loss, self.found = self.point[keep], self.loss[keep], self.found[keep]
+        self.own = True
         return keep
