@@ -215,6 +215,8 @@ def main() -> None:
     )
     parser.add_argument("--skip-existing", action="store_true", help="keep run directories already trained")
     args = parser.parse_args()
+    if args.check_holdout and args.check_suite is None:
+        parser.error("--check-holdout runs the --check-suite on the held-out images: name the suite too")
     if not os.environ.get("ADVROBUST_DATA"):
         parser.error("set ADVROBUST_DATA to the folder holding mnist/ (the four IDX .gz files)")
     torch.set_num_threads(args.threads)
