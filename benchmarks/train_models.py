@@ -264,9 +264,9 @@ def main() -> None:
                 "warnings": outcome.result.warnings,
                 "card_metrics": outcome.card.metrics,
             }
-        check = quick_check(
-            run_dir, args.check_n, args.check_suite, args.seed if args.check_holdout else None
-        )
+        # Only adversarial recipes hold images out (clean training uses every image).
+        held_out = args.check_holdout and recipe["defense"] != "standard"
+        check = quick_check(run_dir, args.check_n, args.check_suite, args.seed if held_out else None)
         print(
             f"{name}: clean {check['clean']:.1%}, PGD-40 robust {check['pgd40_robust']:.1%} "
             f"on the first {check['n']} test images ({check['check_seconds']:.1f} s)"

@@ -187,3 +187,14 @@ def test_every_sample_gets_its_own_point_before_the_projection(
         0.1 < fooled < 0.9 if eps == 0.08 else fooled == float((~correct(trained_cnn, x, y)).float().mean())
     )
     assert torch.equal(raw, attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(0)))
+
+
+def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, batch: Batch) -> None:
+    # ``run`` is public to subclasses and wrappers: an x still attached to a graph must work as a plain one.
+    x, y = batch
+    attack = PGD(threat=ThreatModel(eps=0.1), steps=3)
+    plain = attack.run(trained_cnn, x, y, None, torch.Generator().manual_seed(0))
+    attached = attack.run(
+        trained_cnn, x.clone().requires_grad_(True), y, None, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(plain, attached)

@@ -315,7 +315,7 @@ def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> No
     hopeless = create_objective("fast-at", threat=ThreatModel(norm="linf", eps=0.5), guard=False)
     failed = train(small_cnn(), data, objective=hopeless, config=config)
     assert max(h["holdout_robust_accuracy"] for h in failed.history) < 0.1
-    assert len(failed.warnings) == 1 and "did not become robust" in failed.warnings[0]
+    assert len(failed.warnings) == 1 and "is not robust" in failed.warnings[0]
     assert "eps 0.5" in failed.warnings[0] and failed.to_dict()["warnings"] == failed.warnings
     fine = train(small_cnn(), data, objective=make_objective("fast-at", guard=False), config=config)
     assert max(h["holdout_robust_accuracy"] for h in fine.history) > 0.3
@@ -324,12 +324,24 @@ def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> No
 
 def test_the_not_robust_warning_compares_with_guessing_the_most_common_class() -> None:
     labels = torch.tensor([0, 0, 0, 1, 2, 3, 4, 5, 6, 7])  # always answering 0 scores 30%
-    history = [{"holdout_robust_accuracy": 0.1}, {"holdout_robust_accuracy": 0.3}]
+    history = [{"epoch": 1.0, "holdout_robust_accuracy": 0.1}, {"epoch": 2.0, "holdout_robust_accuracy": 0.3}]
     warning = not_robust_warning(history, labels, THREAT, 10)
     assert warning is not None and "30.0%" in warning and "PGD-10" in warning
-    assert not_robust_warning([*history, {"holdout_robust_accuracy": 0.31}], labels, THREAT, 10) is None
+    better = [*history, {"epoch": 3.0, "holdout_robust_accuracy": 0.31}]
+    assert not_robust_warning(better, labels, THREAT, 10) is None
     assert not_robust_warning(history, labels, None, 10) is None  # clean training: nothing to say
     assert not_robust_warning([{"loss": 1.0}], labels, THREAT, 10) is None  # no robust validation
+
+
+def test_the_not_robust_warning_judges_the_weights_delivered() -> None:
+    labels = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])  # guessing scores 20%
+    history = [
+        {"epoch": 1.0, "holdout_robust_accuracy": 0.6},
+        {"epoch": 2.0, "holdout_robust_accuracy": 0.1},  # catastrophic overfitting in the last epoch
+    ]
+    assert not_robust_warning(history, labels, THREAT, 10, delivered=1) is None  # the best epoch's weights
+    last = not_robust_warning(history, labels, THREAT, 10)  # the last weights (select="last")
+    assert last is not None and "10.0%" in last and "epoch 2" in last and "epoch 1 scored 60.0%" in last
 
 
 def test_robust_validation_needs_an_adversarial_objective(mini_train: ImageDataset) -> None:

@@ -58,6 +58,7 @@ class PGD(Attack):
         generator: torch.Generator | None,
     ) -> Tensor:
         threat = self.threat
+        x = x.detach()  # the run keeps views of x and updates its own buffers in place
         n = x.shape[0]
         # Every row is written back by the end of the first restart: no copy of x needed (fewer pages
         # touched while the attack's own tensors are alive).

@@ -259,7 +259,11 @@ def train(
     model.eval()
     if run.holdout is not None:
         warning = not_robust_warning(
-            run.result.history, run.holdout.labels, run.threat, config.robust_val_steps
+            run.result.history,
+            run.holdout.labels,
+            run.threat,
+            config.robust_val_steps,
+            delivered=run.result.best_epoch,
         )
         if warning is not None:
             run.result.warnings = [warning]  # the CLI prints it after the epoch table; the card records it
@@ -267,26 +271,42 @@ def train(
 
 
 def not_robust_warning(
-    history: Sequence[dict[str, float]], labels: Tensor, threat: ThreatModel | None, steps: int
+    history: Sequence[dict[str, float]],
+    labels: Tensor,
+    threat: ThreatModel | None,
+    steps: int,
+    *,
+    delivered: int | None = None,
 ) -> str | None:
-    """A warning when no epoch's held-out robust accuracy beat always guessing the held-out images' most
-    common class (``labels``: theirs), else None.
+    """A warning when the delivered weights' held-out robust accuracy does not beat always guessing the
+    held-out images' most common class (``labels``: theirs), else None.
 
-    Adversarial training that never takes hold (single-step training overfitting from the first epoch, an
-    eps too large for the data or the model) otherwise ends without a word, its weights saved as if robust.
+    ``delivered``: the epoch whose weights the model holds (``best_epoch``); None means the last epoch
+    validated (``select="last"``, an EMA, or weights a guard restored after its last good check). Adversarial
+    training that never takes hold (single-step training overfitting from the first epoch, an eps too large
+    for the data or the model), or whose last weights collapsed, otherwise ends without a word.
     """
-    scores = [h["holdout_robust_accuracy"] for h in history if "holdout_robust_accuracy" in h]
-    if threat is None or not scores or labels.numel() == 0:
+    scored = [
+        (int(h["epoch"]), h["holdout_robust_accuracy"]) for h in history if "holdout_robust_accuracy" in h
+    ]
+    if threat is None or not scored or labels.numel() == 0:
         return None
     guess = float(labels.bincount().max()) / labels.numel()
-    if max(scores) > guess:
+    epoch, score = next(((e, s) for e, s in scored if e == delivered), scored[-1])
+    if score > guess:
         return None
+    best_epoch, best = max(scored, key=lambda item: item[1])
+    where = (
+        f"never rose above {best:.1%}"
+        if best <= guess
+        else f"is {score:.1%} for the weights delivered (epoch {epoch}; epoch {best_epoch} scored {best:.1%}: "
+        "select the best epoch, the default, to keep those)"
+    )
     return (
-        f"the model did not become robust: its accuracy on the held-out images under PGD-{steps} at "
-        f"{threat.norm} eps {threat.eps:g} never rose above {max(scores):.1%}, where always answering their "
-        f"most common class scores {guess:.1%}. Train with a smaller eps or step size, ramp eps up "
-        "(--eps-warmup), or use pgd-at: single-step training (fast-at, free-at) can overfit catastrophically "
-        "from the first epoch"
+        f"the model is not robust: its accuracy on the held-out images under PGD-{steps} at {threat.norm} eps "
+        f"{threat.eps:g} {where}, where always answering their most common class scores {guess:.1%}. Train "
+        "with a smaller eps or step size, ramp eps up (--eps-warmup), or use pgd-at: single-step training "
+        "(fast-at, free-at) can overfit catastrophically"
     )
 
 
