@@ -129,3 +129,14 @@ def test_one_model_gets_the_next_step() -> None:
     )
     assert "advrobust train --defense pgd-at --norm linf --eps 0.3" in line
     assert verdict([], None)[0].startswith("No evaluation results yet")
+
+
+def test_a_training_warning_on_the_card_is_said() -> None:
+    failed = _model("fast-at-0.5", 900, {"pgd": 0}, objective="fast-at", audit="pass")
+    assert failed.card is not None
+    failed.card["training"]["warnings"] = ["the model is not robust: ..."]
+    models = [_model("standard", 980, {"pgd": 0}, audit="pass"), failed]
+    lines = verdict(models, HEADLINE)
+    assert lines[-1] == "fast-at-0.5's training warned: the model is not robust: ...."
+    assert verdict(models, None)[-1] == lines[-1]  # also before anything was evaluated
+    assert not any("warned" in line for line in verdict(models[:1], HEADLINE))

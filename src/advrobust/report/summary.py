@@ -133,8 +133,22 @@ def _masking_lines(models: Sequence[ModelEntry], headline: Headline) -> list[str
     return lines
 
 
+def _training_lines(models: Sequence[ModelEntry]) -> list[str]:
+    """The warnings a model's training ended with (its card's ``training.warnings``), one line each."""
+    lines = []
+    for entry in models:
+        warnings = (entry.card or {}).get("training", {}).get("warnings") or []
+        lines += [f"{entry.name}'s training warned: {warning}." for warning in warnings]
+    return lines
+
+
 def verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str]:
-    """Plain sentences: which model to use at the headline threat, what it costs, and how far to trust it."""
+    """Plain sentences: which model to use at the headline threat, what it costs, and how far to trust it;
+    then any warning a model's training ended with."""
+    return _verdict(models, headline) + _training_lines(models)
+
+
+def _verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[str]:
     if headline is None:
         return [
             "No evaluation results yet: run `advrobust eval --model RUN_DIR --json results.json` and report it."
