@@ -126,7 +126,7 @@ class _Run:
             self.targets = None if targets is None else targets[rows]
             self.point, self.loss = best[rows], best_loss[rows]
         self.found = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
-        self.own = False
+        self.own = not whole  # whether self.point is this run's own buffer (best[rows] is a copy; x is not)
 
     def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
         success = is_adversarial(logits, self.y, self.targets)
@@ -134,7 +134,7 @@ class _Run:
         mask = better.reshape(-1, *([1] * (point.dim() - 1)))
         if self.own:  # update in place: one buffer for the whole run instead of a new one per step
             torch.where(mask, point, self.point, out=self.point)
-        else:  # self.point is x or a slice of someone else's tensor: never written into
+        else:  # self.point is the caller's x: never written into
             self.point, self.own = torch.where(mask, point, self.point), True
         self.loss = torch.where(better, loss, self.loss)
         self.found = self.found | success
