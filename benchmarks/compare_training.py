@@ -19,7 +19,7 @@ the batch indexed from a float tensor, the uniform start, one input gradient thr
 floor that PyTorch's kernels set for any library on this model. The summary prints both libraries against it.
 
 advrobust trains through ``advrobust.training.train`` with ``robust_val=0`` (the default holds 500 images out
-and attacks them with PGD-10 after each epoch: ``--robust-val-default`` keeps it). What each ART trainer does
+and attacks them with APGD-CE-20 after each epoch: ``--robust-val-default`` keeps it). What each ART trainer does
 per batch (read from ART 1.20.1's source) and where it differs from advrobust is in ``DIFFERENCES`` below and
 in the JSON.
 
@@ -355,7 +355,7 @@ def main() -> None:
     parser.add_argument(
         "--robust-val-default",
         action="store_true",
-        help="advrobust with its default robust validation (500 held out, PGD-10 each epoch)",
+        help="advrobust with its default robust validation (500 held out, APGD-CE-20 each epoch)",
     )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this")
@@ -381,7 +381,9 @@ def main() -> None:
         "rounds": args.rounds,
         "eps": EPS,
         "optimizer": "adam, lr 1e-3 (ART FBF overrides the lr with its own cyclic schedule each step)",
-        "advrobust_robust_val": "default (500 held out, PGD-10 per epoch)" if args.robust_val_default else 0,
+        "advrobust_robust_val": "default (500 held out, APGD-CE-20 per epoch)"
+        if args.robust_val_default
+        else 0,
         "differences": {m: DIFFERENCES[m] for m in methods},
     }
     runs: list[dict[str, Any]] = []

@@ -159,7 +159,8 @@ def quick_check(
     return check
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its defaults are the benchmark recipes)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -214,6 +215,11 @@ def main() -> None:
         help="with --check-suite, also run the suite on the trainer's held-out training images",
     )
     parser.add_argument("--skip-existing", action="store_true", help="keep run directories already trained")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.check_holdout and args.check_suite is None:
         parser.error("--check-holdout runs the --check-suite on the held-out images: name the suite too")

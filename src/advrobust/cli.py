@@ -198,9 +198,16 @@ def _parser() -> argparse.ArgumentParser:
     adv.add_argument(
         "--robust-val",
         type=int,
-        help="training images held out for PGD validation each epoch; the most robust epoch is saved "
+        help="training images held out for robust validation each epoch; the most robust epoch is saved "
         "(default: 500 for adversarial defenses, at most a tenth of the data; 0: off)",
     )
+    adv.add_argument(
+        "--robust-val-attack",
+        choices=("apgd", "pgd"),
+        help="the attack of robust validation (default: apgd, APGD with cross-entropy, which gradient "
+        "masking fools less than fixed-step pgd)",
+    )
+    adv.add_argument("--robust-val-steps", type=int, metavar="N", help="its iterations (default: 20)")
 
     ev = sub.add_parser(
         "eval",
@@ -626,6 +633,7 @@ def _objective_label(card: Any) -> str:
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from advrobust.config import TrainSettings, build_settings, read_yaml
     from advrobust.runs import train_run
+    from advrobust.training.validation import validation_label
 
     config = read_yaml(args.config) if args.config else {}
     settings = build_settings(TrainSettings, config, _overrides(args, ("command", "config", "quiet")))
@@ -642,7 +650,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         )
     result = outcome.result
     table = Table(title=f"{settings.model} on {outcome.card.dataset} ({settings.defense})")
-    # Adversarial defenses: train acc is on the training attack's points, holdout robust under PGD.
+    # Adversarial defenses: train acc is on the training attack's points, holdout robust under the
+    # validation attack (APGD-CE-20 by default).
     adversarial = any("train_robust_accuracy" in h for h in result.history)
     train_columns = ("train robust", "train clean", "holdout robust") if adversarial else ("train acc",)
     for column in ("epoch", "loss", *train_columns, "val acc", "seconds", "img/s"):
@@ -665,7 +674,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"warning: {warning}", style="bold red", markup=False, highlight=False, soft_wrap=True)
     if result.weights == "best":
         console.print(
-            f"saved the weights of epoch {result.best_epoch}, the most robust on the held-out images"
+            f"saved the weights of epoch {result.best_epoch}, the most robust on the held-out images "
+            f"under {validation_label(settings.robust_val_attack, settings.robust_val_steps)}"
         )
     elif result.weights == "ema":
         console.print("saved the EMA of the weights")

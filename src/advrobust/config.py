@@ -78,6 +78,8 @@ class TrainSettings(DataSettings):
     # Trainer options.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     robust_val: int | None = Field(None, ge=0)
+    robust_val_attack: Literal["apgd", "pgd"] = "apgd"
+    robust_val_steps: int = Field(20, ge=1)
     eps_warmup: float = Field(0.0, ge=0)
 
 

@@ -174,6 +174,8 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         seed=settings.seed,
         ema_decay=settings.ema_decay,
         robust_val=settings.robust_val,
+        robust_val_attack=settings.robust_val_attack,
+        robust_val_steps=settings.robust_val_steps,
         eps_warmup=settings.eps_warmup,
     )
     out = Path(settings.out)

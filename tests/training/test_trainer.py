@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from advrobust.attacks import APGD, PGD
 from advrobust.data import ImageDataset
 from advrobust.errors import ConfigError, ModelFileError
 from advrobust.fileio import atomic_writer
@@ -31,6 +32,7 @@ from advrobust.training import (
     train,
 )
 from advrobust.training.trainer import _cyclic, _optimizer, not_robust_warning
+from advrobust.training.validation import holdout_split, robust_accuracy
 
 from .conftest import THREAT, make_objective, small_cnn
 
@@ -100,6 +102,28 @@ def test_resume_accepts_a_checkpoint_from_before_an_option_existed(
             out_dir=tmp_path,
             resume=True,
         )
+
+
+def test_a_checkpoint_from_before_apgd_validation_resumes_only_with_pgd_validation(
+    tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    # Runs checkpointed before robust_val_attack existed validated with PGD-10: resuming one with the new
+    # defaults (APGD-CE-20) would change how its epochs are chosen, so it takes the old options.
+    from advrobust.training.checkpoint import save_checkpoint
+
+    data = mini_train.take(200)
+    old = TrainConfig(epochs=1, batch_size=50, robust_val=20, robust_val_attack="pgd", robust_val_steps=10)
+    objective = make_objective("fast-at", guard=False)
+    train(_fresh(), data, objective=objective, config=old, out_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    del state["config"]["train"]["robust_val_attack"]  # as written by a version without the option
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+    with pytest.raises(ConfigError, match="other settings"):
+        new = TrainConfig(epochs=2, batch_size=50, robust_val=20, robust_val_steps=10)
+        train(_fresh(), data, objective=objective, config=new, out_dir=tmp_path, resume=True)
+    again = dataclasses.replace(old, epochs=2)
+    result = train(_fresh(), data, objective=objective, config=again, out_dir=tmp_path, resume=True)
+    assert result.resumed_from == 1 and len(result.history) == 2
 
 
 def test_corrupt_and_missing_checkpoints_are_refused(tmp_path: Path, mini_train: ImageDataset) -> None:
@@ -307,6 +331,40 @@ def test_robust_validation_holds_out_samples_and_delivers_the_most_robust_epoch(
         assert torch.equal(value, snapshots[3][key]), key
 
 
+@pytest.mark.parametrize("attack", ["apgd", "pgd"])
+def test_robust_validation_scores_each_epoch_with_the_chosen_attack(
+    attack: str, mini_train: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advrobust.training.validation as validation
+
+    built: list[tuple[str, int]] = []
+    real = validation.validation_attack
+
+    def recording(name: str, threat: ThreatModel, steps: int) -> object:
+        built.append((name, steps))
+        return real(name, threat, steps)
+
+    monkeypatch.setattr(validation, "validation_attack", recording)
+    data = mini_train.take(400)
+    config = TrainConfig(
+        epochs=2, batch_size=50, lr=2e-3, robust_val=80, robust_val_attack=attack, robust_val_steps=5
+    )
+    model = small_cnn()
+    objective = make_objective("fast-at", guard=False)
+    result = train(model, data, objective=objective, config=dataclasses.replace(config, select="last"))
+    assert built == [(attack, 5), (attack, 5)]  # once per epoch
+    _, held = holdout_split(data, 80, THREAT, seed=config.seed)
+    assert held is not None
+    clean, robust = robust_accuracy(model, held, THREAT, attack=attack, steps=5, seed=config.seed + 2)
+    assert (robust, clean) == (
+        result.history[-1]["holdout_robust_accuracy"],
+        result.history[-1]["holdout_accuracy"],
+    )
+    assert isinstance(real(attack, THREAT, 5), APGD if attack == "apgd" else PGD)
+    with pytest.raises(ConfigError, match="robust_val_attack"):
+        TrainConfig(robust_val_attack="fgsm")  # type: ignore[arg-type]
+
+
 def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> None:
     # At linf eps 0.5 every image can be moved to the same grey image: no model can be robust, and the
     # run must not end as if it were. The same run at eps 0.1 becomes robust and says nothing.
@@ -325,12 +383,12 @@ def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> No
 def test_the_not_robust_warning_compares_with_guessing_the_most_common_class() -> None:
     labels = torch.tensor([0, 0, 0, 1, 2, 3, 4, 5, 6, 7])  # always answering 0 scores 30%
     history = [{"epoch": 1.0, "holdout_robust_accuracy": 0.1}, {"epoch": 2.0, "holdout_robust_accuracy": 0.3}]
-    warning = not_robust_warning(history, labels, THREAT, 10)
+    warning = not_robust_warning(history, labels, THREAT, "PGD-10")
     assert warning is not None and "30.0%" in warning and "PGD-10" in warning
     better = [*history, {"epoch": 3.0, "holdout_robust_accuracy": 0.31}]
-    assert not_robust_warning(better, labels, THREAT, 10) is None
-    assert not_robust_warning(history, labels, None, 10) is None  # clean training: nothing to say
-    assert not_robust_warning([{"loss": 1.0}], labels, THREAT, 10) is None  # no robust validation
+    assert not_robust_warning(better, labels, THREAT, "PGD-10") is None
+    assert not_robust_warning(history, labels, None, "PGD-10") is None  # clean training: nothing to say
+    assert not_robust_warning([{"loss": 1.0}], labels, THREAT, "PGD-10") is None  # no robust validation
 
 
 def test_the_not_robust_warning_judges_the_weights_delivered() -> None:
@@ -339,8 +397,10 @@ def test_the_not_robust_warning_judges_the_weights_delivered() -> None:
         {"epoch": 1.0, "holdout_robust_accuracy": 0.6},
         {"epoch": 2.0, "holdout_robust_accuracy": 0.1},  # catastrophic overfitting in the last epoch
     ]
-    assert not_robust_warning(history, labels, THREAT, 10, delivered=1) is None  # the best epoch's weights
-    last = not_robust_warning(history, labels, THREAT, 10)  # the last weights (select="last")
+    assert (
+        not_robust_warning(history, labels, THREAT, "APGD-CE-20", delivered=1) is None
+    )  # the best epoch's weights
+    last = not_robust_warning(history, labels, THREAT, "PGD-10")  # the last weights (select="last")
     assert last is not None and "10.0%" in last and "epoch 2" in last and "epoch 1 scored 60.0%" in last
 
 

@@ -39,9 +39,18 @@ from advrobust.training.objectives import (
     objective_replays,
     objective_threat,
 )
-from advrobust.training.validation import accuracy, holdout_split, robust_accuracy
+from advrobust.training.validation import (
+    VAL_ATTACKS,
+    ValAttack,
+    accuracy,
+    holdout_split,
+    robust_accuracy,
+    validation_label,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: TrainConfig options whose default changed, with the value a checkpoint written before they existed used.
+LEGACY_DEFAULTS: dict[str, Any] = {"robust_val_attack": "pgd"}
 PROGRESS_EVERY = 10
 logger = logging.getLogger("advrobust.training")
 
@@ -52,9 +61,11 @@ class TrainConfig:
 
     ``schedule="cyclic"`` is the triangle of Wong et al. (0 -> lr at 40% of the steps -> 0).
     ``ema_decay`` keeps an EMA of the weights (evaluated and delivered instead of the raw weights).
-    ``robust_val`` samples are held out of the training data and attacked with PGD-``robust_val_steps``
-    after each epoch (None: 500, at most a tenth of the data, for adversarial objectives; 0 for clean ones);
-    ``select="best"`` then delivers the epoch with the highest robust (then clean) held-out accuracy.
+    ``robust_val`` samples are held out of the training data and attacked after each epoch with
+    ``robust_val_attack`` ("apgd": APGD-CE; "pgd": PGD) of ``robust_val_steps`` steps (None: 500, at most a
+    tenth of the data, for adversarial objectives; 0 for clean ones); ``select="best"`` then delivers the
+    epoch with the highest robust (then clean) held-out accuracy. APGD is the default because fixed-step PGD
+    can be fooled by the gradient masking of single-step training into choosing a weak epoch.
     ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only. ``eps_warmup`` (epochs, may be
     fractional) ramps an adversarial objective's eps linearly from 0 to its full value, step by step, over
     that many epochs (0: off); pure PGD-AT of a small model from scratch may not train without it.
@@ -70,7 +81,8 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float | None = None
     robust_val: int | None = None
-    robust_val_steps: int = 10
+    robust_val_attack: ValAttack = "apgd"
+    robust_val_steps: int = 20
     select: Literal["best", "last"] = "best"
     amp: bool = True
     channels_last: bool = True
@@ -91,6 +103,10 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must lie in (0, 1), got {self.ema_decay}: try 0.999, or None")
         if self.robust_val is not None and self.robust_val < 0:
             raise ConfigError(f"robust_val must be >= 0 (0 turns it off), got {self.robust_val}")
+        if self.robust_val_attack not in VAL_ATTACKS:
+            raise ConfigError(
+                f"unknown robust_val_attack {self.robust_val_attack!r}: choose one of {', '.join(VAL_ATTACKS)}"
+            )
         if self.robust_val_steps < 1:
             raise ConfigError(f"robust_val_steps must be >= 1, got {self.robust_val_steps}")
         if not (self.eps_warmup >= 0 and math.isfinite(self.eps_warmup)):
@@ -262,7 +278,7 @@ def train(
             run.result.history,
             run.holdout.labels,
             run.threat,
-            config.robust_val_steps,
+            validation_label(config.robust_val_attack, config.robust_val_steps),
             delivered=run.result.best_epoch,
         )
         if warning is not None:
@@ -274,12 +290,13 @@ def not_robust_warning(
     history: Sequence[dict[str, float]],
     labels: Tensor,
     threat: ThreatModel | None,
-    steps: int,
+    attack: str,
     *,
     delivered: int | None = None,
 ) -> str | None:
     """A warning when the delivered weights' held-out robust accuracy does not beat always guessing the
-    held-out images' most common class (``labels``: theirs), else None.
+    held-out images' most common class (``labels``: theirs), else None. ``attack`` names the validation
+    attack in the message (e.g. "APGD-CE-20").
 
     ``delivered``: the epoch whose weights the model holds (``best_epoch``); None means the last epoch
     validated (``select="last"``, an EMA, or weights a guard restored after its last good check). Adversarial
@@ -303,7 +320,7 @@ def not_robust_warning(
         "select the best epoch, the default, to keep those)"
     )
     return (
-        f"the model is not robust: its accuracy on the held-out images under PGD-{steps} at {threat.norm} eps "
+        f"the model is not robust: its accuracy on the held-out images under {attack} at {threat.norm} eps "
         f"{threat.eps:g} {where}, where always answering their most common class scores {guess:.1%}. Train "
         "with a smaller eps or step size, ramp eps up (--eps-warmup), or use pgd-at: single-step training "
         "(fast-at, free-at) can overfit catastrophically"
@@ -331,8 +348,9 @@ def _matching_checkpoint(path: Path, record: dict[str, Any], hooks: int) -> dict
     state = load_checkpoint(path)
     saved = dict(state["config"])
     if isinstance(saved.get("train"), dict):
-        # Options added after the checkpoint was written take their defaults (which is how it was trained).
-        saved["train"] = {**dataclasses.asdict(TrainConfig()), **saved["train"]}
+        # Options added after the checkpoint was written take their defaults (which is how it was trained),
+        # except where the default changed since: checkpoints without robust_val_attack validated with PGD.
+        saved["train"] = {**dataclasses.asdict(TrainConfig()), **LEGACY_DEFAULTS, **saved["train"]}
     mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
     if mismatched:
         raise ConfigError(
@@ -550,6 +568,7 @@ class _Run:
                     final,
                     self.holdout,
                     self.threat,
+                    attack=self.config.robust_val_attack,
                     steps=self.config.robust_val_steps,
                     seed=self.config.seed + 2,
                     device=self.device,
