@@ -675,7 +675,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     if result.weights == "best":
         console.print(
             f"saved the weights of epoch {result.best_epoch}, the most robust on the held-out images "
-            f"under {validation_label(settings.robust_val_attack, settings.robust_val_steps)}"
+            f"under {validation_label(settings.robust_val_attack, settings.robust_val_steps)}",
+            soft_wrap=True,
         )
     elif result.weights == "ema":
         console.print("saved the EMA of the weights")

@@ -116,6 +116,21 @@ def test_cli_passes_the_guard_options_to_fast_at(small_npz: Path, tmp_path: Path
         build_objective(TrainSettings.model_validate({"defense": "pgd-at", "guard_patience": 2}))
 
 
+def test_cli_sets_the_robust_validation_attack_and_says_it(
+    small_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(small_npz), "--defense", "fast-at", "--eps", "0.1", "--epochs", "1"]
+    options = ["--robust-val", "50", "--robust-val-attack", "pgd", "--robust-val-steps", "3"]
+    assert main([*args, *options, "--out", str(tmp_path / "pgd")]) == 0
+    assert "the most robust on the held-out images under PGD-3" in capsys.readouterr().out
+    config = read_card(tmp_path / "pgd").training["config"]
+    assert (config["robust_val_attack"], config["robust_val_steps"]) == ("pgd", 3)
+    assert main([*args, "--robust-val", "50", "--out", str(tmp_path / "default")]) == 0
+    assert "under APGD-CE-20" in capsys.readouterr().out
+    config = read_card(tmp_path / "default").training["config"]
+    assert (config["robust_val_attack"], config["robust_val_steps"]) == ("apgd", 20)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
