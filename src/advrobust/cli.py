@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="train small CNNs on the bundled MNIST subset, attack them and compare defenses (about two "
+        help="train small CNNs on the bundled MNIST subset, attack them and compare defenses (two to four "
         "minutes on 2 CPU cores)",
         description="Train small-cnn on mnist-mini (shipped with advrobust), attack it with FGSM and PGD-40 at "
         "linf eps 0.1, 0.2 and 0.3 and print clean vs robust accuracy; then train a Fast-AT model, wrap the "

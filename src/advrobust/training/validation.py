@@ -1,9 +1,9 @@
 """Validation during training: clean accuracy, and clean and robust accuracy on samples held out of the training data.
 
 Robust validation attacks with APGD (cross-entropy) by default rather than fixed-step PGD: on single-step
-adversarial training, whose gradients can be masked, PGD-10 ranked Fast-AT's epochs almost in reverse of
-the ``standard`` suite while APGD-20, at about the same cost, chose epochs the suite rated 5-16 points
-higher (benchmarks/RESULTS.md, "Choosing the epoch").
+adversarial training, whose gradients can be masked, PGD-10 chose Fast-AT epochs that the ``standard``
+suite rated 7-16 points below the ones APGD-CE-20 chose at about the same cost (two runs,
+benchmarks/RESULTS.md, "Choosing the epoch").
 """
 
 from __future__ import annotations
