@@ -24,15 +24,16 @@ import torch
 
 import advrobust
 import advrobust.training.trainer as trainer_module
-from advrobust.runs import TrainSettings, train_run
+from advrobust.config import TrainSettings
+from advrobust.runs import train_run
 from advrobust.training.callbacks import Callback, TrainContext
-from advrobust.training.validation import holdout_split, robust_accuracy, validation_label
+from advrobust.training.validation import ValAttack, holdout_split, robust_accuracy, validation_label
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_models import build_parser, recipes
 
 EPS = 0.3
-RULES = (("pgd", 10), ("apgd", 10), ("apgd", 20), ("apgd", 40))
+RULES: tuple[tuple[ValAttack, int], ...] = (("pgd", 10), ("apgd", 10), ("apgd", 20), ("apgd", 40))
 
 
 class SaveEveryEpoch(Callback):
@@ -45,15 +46,23 @@ class SaveEveryEpoch(Callback):
         torch.save(ctx.model.state_dict(), self.folder / f"epoch{epoch}.pt")
 
 
+def recipe() -> dict[str, object]:
+    """The benchmark model's recipe (``train_models.py``'s defaults)."""
+    return recipes(build_parser().parse_args([]))["mnist-fast-at"]
+
+
 def train_keeping_epochs(out: Path, seed: int) -> None:
-    recipe = recipes(build_parser().parse_args([]))["mnist-fast-at"]  # the benchmark model's recipe
-    original = trainer_module.objective_callbacks
-    trainer_module.objective_callbacks = lambda objective: [*original(objective), SaveEveryEpoch(out)]
+    # The trainer's hook list gets one more callback for this run.
+    names = vars(trainer_module)
+    original = names["objective_callbacks"]
+    names["objective_callbacks"] = lambda objective: [*original(objective), SaveEveryEpoch(out)]
     try:
-        settings = TrainSettings(data="mnist", model="small-cnn", seed=seed, out=str(out / "run"), **recipe)  # type: ignore[arg-type]
+        settings = TrainSettings.model_validate(
+            {"data": "mnist", "model": "small-cnn", "seed": seed, "out": str(out / "run"), **recipe()}
+        )
         train_run(settings)
     finally:
-        trainer_module.objective_callbacks = original
+        names["objective_callbacks"] = original
 
 
 def main() -> None:
@@ -71,20 +80,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"advrobust {advrobust.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     tick = time.perf_counter()
-    if not (args.out / "epoch10.pt").exists():
+    marker = args.out / "seed.txt"
+    if marker.exists() and marker.read_text().strip() != str(args.seed):
+        parser.error(f"{args.out} holds a run of seed {marker.read_text().strip()}: pass another --out")
+    if not (args.out / "run" / "model.safetensors").exists():
+        marker.write_text(str(args.seed))
         train_keeping_epochs(args.out, args.seed)
     print(f"trained in {time.perf_counter() - tick:.0f} s")
+    # The guard may stop training early: score the epochs that were saved.
+    epochs = [e for e in range(1, int(recipe()["epochs"]) + 1) if (args.out / f"epoch{e}.pt").exists()]  # type: ignore[call-overload]
     threat = advrobust.ThreatModel(norm="linf", eps=EPS)
     _, held = holdout_split(advrobust.load_dataset("mnist", split="train"), None, threat, seed=args.seed)
     assert held is not None
     model = advrobust.load_model(args.out / "run", device="cpu")
     rows: list[dict[str, Any]] = []
-    for epoch in range(1, 11):
+    for epoch in epochs:
         model.load_state_dict(torch.load(args.out / f"epoch{epoch}.pt", weights_only=True))
         row: dict[str, Any] = {"epoch": epoch}
         for name, steps in RULES:
             # As the trainer validates: the same function, attack and seed (config.seed + 2).
-            clean, robust = robust_accuracy(model, held, threat, attack=name, steps=steps, seed=args.seed + 2)  # type: ignore[arg-type]
+            clean, robust = robust_accuracy(model, held, threat, attack=name, steps=steps, seed=args.seed + 2)
             row["clean"], row[validation_label(name, steps)] = clean, robust
         if epoch >= args.suite_from:
             start = time.perf_counter()
@@ -101,8 +116,9 @@ def main() -> None:
         suite = f"{best['suite']:.1%}" if "suite" in best else "not scored"
         print(f"{label} would deliver epoch {best['epoch']}: suite {suite}")
     scored = [r for r in rows if "suite" in r]
-    top = max(scored, key=lambda r: r["suite"])
-    print(f"the suite's best epoch: {top['epoch']} ({top['suite']:.1%})")
+    if scored:
+        top = max(scored, key=lambda r: r["suite"])
+        print(f"the suite's best epoch: {top['epoch']} ({top['suite']:.1%})")
     (args.out / "choose_epoch.json").write_text(
         json.dumps({"seed": args.seed, "rows": rows, "picks": picks}, indent=2)
     )

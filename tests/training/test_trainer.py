@@ -108,7 +108,8 @@ def test_a_checkpoint_from_before_apgd_validation_resumes_only_with_pgd_validati
     tmp_path: Path, mini_train: ImageDataset
 ) -> None:
     # Runs checkpointed before robust_val_attack existed validated with PGD-10: resuming one with the new
-    # defaults (APGD-CE-20) would change how its epochs are chosen, so it takes the old options.
+    # defaults (APGD-CE-20) would change how its epochs are chosen, so it takes the old options, and the
+    # refusal says which.
     from advrobust.training.checkpoint import save_checkpoint
 
     data = mini_train.take(200)
@@ -118,12 +119,37 @@ def test_a_checkpoint_from_before_apgd_validation_resumes_only_with_pgd_validati
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     del state["config"]["train"]["robust_val_attack"]  # as written by a version without the option
     save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
-    with pytest.raises(ConfigError, match="other settings"):
-        new = TrainConfig(epochs=2, batch_size=50, robust_val=20, robust_val_steps=10)
+    new = TrainConfig(epochs=2, batch_size=50, robust_val=20)
+    with pytest.raises(ConfigError, match="other settings") as refused:
         train(_fresh(), data, objective=objective, config=new, out_dir=tmp_path, resume=True)
+    assert "robust_val_attack 'pgd' -> 'apgd'" in str(refused.value)
+    assert "--robust-val-attack pgd --robust-val-steps 10" in str(refused.value)
     again = dataclasses.replace(old, epochs=2)
     result = train(_fresh(), data, objective=objective, config=again, out_dir=tmp_path, resume=True)
     assert result.resumed_from == 1 and len(result.history) == 2
+
+
+def test_a_run_without_robust_validation_resumes_whatever_its_validation_options(
+    tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    from advrobust.training.checkpoint import save_checkpoint
+
+    data = mini_train.take(100)
+    train(_fresh(), data, config=TrainConfig(epochs=1, batch_size=50), out_dir=tmp_path)  # clean: no holdout
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    del state["config"]["train"]["robust_val_attack"]  # an old checkpoint: PGD-10, never used
+    state["config"]["train"]["robust_val_steps"] = 10
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+    result = train(_fresh(), data, config=TrainConfig(epochs=2, batch_size=50), out_dir=tmp_path, resume=True)
+    assert result.resumed_from == 1
+    with pytest.raises(ConfigError, match=r"train: lr 0\.001 -> 0\.002"):
+        train(
+            _fresh(),
+            data,
+            config=TrainConfig(epochs=3, batch_size=50, lr=2e-3),
+            out_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_corrupt_and_missing_checkpoints_are_refused(tmp_path: Path, mini_train: ImageDataset) -> None:
@@ -361,8 +387,17 @@ def test_robust_validation_scores_each_epoch_with_the_chosen_attack(
         result.history[-1]["holdout_accuracy"],
     )
     assert isinstance(real(attack, THREAT, 5), APGD if attack == "apgd" else PGD)
+
+
+def test_unknown_robust_validation_attacks_are_refused() -> None:
+    import advrobust.training.validation as validation
+
     with pytest.raises(ConfigError, match="robust_val_attack"):
         TrainConfig(robust_val_attack="fgsm")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="choose one of apgd, pgd"):
+        validation.validation_attack("fgsm", THREAT, 5)
+    with pytest.raises(ConfigError, match="choose one of apgd, pgd"):
+        validation.validation_label("fgsm", 5)
 
 
 def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> None:
@@ -375,6 +410,7 @@ def test_a_run_that_never_becomes_robust_says_so(mini_train: ImageDataset) -> No
     assert max(h["holdout_robust_accuracy"] for h in failed.history) < 0.1
     assert len(failed.warnings) == 1 and "is not robust" in failed.warnings[0]
     assert "eps 0.5" in failed.warnings[0] and failed.to_dict()["warnings"] == failed.warnings
+    assert "under APGD-CE-10 at linf" in failed.warnings[0]  # the validation attack the run used
     fine = train(small_cnn(), data, objective=make_objective("fast-at", guard=False), config=config)
     assert max(h["holdout_robust_accuracy"] for h in fine.history) > 0.3
     assert fine.warnings == []

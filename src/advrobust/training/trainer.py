@@ -50,7 +50,9 @@ from advrobust.training.validation import (
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: TrainConfig options whose default changed, with the value a checkpoint written before they existed used.
-LEGACY_DEFAULTS: dict[str, Any] = {"robust_val_attack": "pgd"}
+LEGACY_DEFAULTS: dict[str, Any] = {"robust_val_attack": "pgd", "robust_val_steps": 10}
+#: TrainConfig options that matter only when the run validates on held-out samples.
+VALIDATION_OPTIONS = ("robust_val_attack", "robust_val_steps")
 PROGRESS_EVERY = 10
 logger = logging.getLogger("advrobust.training")
 
@@ -61,9 +63,9 @@ class TrainConfig:
 
     ``schedule="cyclic"`` is the triangle of Wong et al. (0 -> lr at 40% of the steps -> 0).
     ``ema_decay`` keeps an EMA of the weights (evaluated and delivered instead of the raw weights).
-    ``robust_val`` samples are held out of the training data and attacked after each epoch with
-    ``robust_val_attack`` ("apgd": APGD-CE; "pgd": PGD) of ``robust_val_steps`` steps (None: 500, at most a
-    tenth of the data, for adversarial objectives; 0 for clean ones); ``select="best"`` then delivers the
+    ``robust_val`` samples (None: 500, at most a tenth of the data, for adversarial objectives; 0 for clean
+    ones) are held out of the training data and attacked after each epoch with ``robust_val_attack``
+    ("apgd": APGD-CE; "pgd": PGD) of ``robust_val_steps`` steps; ``select="best"`` then delivers the
     epoch with the highest robust (then clean) held-out accuracy. APGD is the default because fixed-step PGD
     can be fooled by the gradient masking of single-step training into choosing a weak epoch.
     ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only. ``eps_warmup`` (epochs, may be
@@ -140,7 +142,8 @@ class TrainResult:
     """Per-epoch history and totals, which weights the model holds, and why training stopped early, if it did.
 
     ``weights``: "last" (the raw weights after the last epoch), "ema", or "best" (those of ``best_epoch``,
-    the epoch with the highest accuracy under PGD on ``holdout_samples`` held out of the training data). ``stopped``: None, or the epoch, step and reason
+    the epoch with the highest accuracy under the robust-validation attack on ``holdout_samples`` held out of
+    the training data). ``stopped``: None, or the epoch, step and reason
     a callback gave (e.g. the overfitting guard), with the epoch and step of the weights it restored.
     ``warnings``: what the user must know about the delivered model, e.g. that it never became robust.
     """
@@ -258,7 +261,8 @@ def train(
     if resume:
         if checkpoint_path is None:
             raise ConfigError("resume needs the run directory (out_dir) that holds checkpoint.pt")
-        state = _matching_checkpoint(checkpoint_path, record, len(run.hooks))
+        validates = run.holdout is not None
+        state = _matching_checkpoint(checkpoint_path, record, len(run.hooks), validates=validates)
         run.load_state_dict(state)
         start_epoch = run.result.resumed_from = int(state["epoch"])
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -343,18 +347,34 @@ def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
         )
 
 
-def _matching_checkpoint(path: Path, record: dict[str, Any], hooks: int) -> dict[str, Any]:
-    """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks."""
+def _matching_checkpoint(
+    path: Path, record: dict[str, Any], hooks: int, *, validates: bool = True
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks.
+
+    Without robust validation (``validates=False``) its attack and steps are not compared.
+    """
     state = load_checkpoint(path)
     saved = dict(state["config"])
+    record = dict(record)
     if isinstance(saved.get("train"), dict):
         # Options added after the checkpoint was written take their defaults (which is how it was trained),
-        # except where the default changed since: checkpoints without robust_val_attack validated with PGD.
+        # except where the default changed since (LEGACY_DEFAULTS: how such checkpoints were trained).
         saved["train"] = {**dataclasses.asdict(TrainConfig()), **LEGACY_DEFAULTS, **saved["train"]}
+        if not validates:
+            saved["train"] = _without(saved["train"], VALIDATION_OPTIONS)
+            record["train"] = _without(record["train"], VALIDATION_OPTIONS)
     mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
     if mismatched:
+        named = [_differing(key, saved.get(key), record[key]) for key in mismatched]
+        hint = ""
+        if any(option in text for text in named for option in VALIDATION_OPTIONS):
+            hint = (
+                " (a run checkpointed before robust validation defaulted to APGD-CE-20 chose its epochs with "
+                "PGD-10: resume it with --robust-val-attack pgd --robust-val-steps 10)"
+            )
         raise ConfigError(
-            f"the checkpoint in {path.parent} was made with other settings ({', '.join(mismatched)}): "
+            f"the checkpoint in {path.parent} was made with other settings ({'; '.join(named)}){hint}: "
             "resume with the same options, or start a new run in another directory"
         )
     if len(state["callbacks"]) != hooks:
@@ -662,6 +682,19 @@ def _stopped(stop: Stop, epoch: int, step: int) -> dict[str, Any]:
         "restored_epoch": stop.restored_epoch,
         "restored_step": stop.restored_step,
     }
+
+
+def _without(values: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in keys}
+
+
+def _differing(key: str, saved: Any, now: Any) -> str:
+    """``key``, and for settings dicts the options whose values differ (epochs aside): "train: lr 0.001 -> 0.002"."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return key
+    keys = sorted((set(saved) | set(now)) - {"epochs"})
+    changes = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    return f"{key}: {', '.join(changes)}"
 
 
 def _without_epochs(value: Any) -> Any:

@@ -2,8 +2,8 @@
 
 Robust validation attacks with APGD (cross-entropy) by default rather than fixed-step PGD: on single-step
 adversarial training, whose gradients can be masked, PGD-10 chose Fast-AT epochs that the ``standard``
-suite rated 7-16 points below the ones APGD-CE-20 chose at about the same cost (two runs,
-benchmarks/RESULTS.md, "Choosing the epoch").
+suite rated 6.6-16 points below the ones APGD-CE-20 chose, for about 1.5x PGD-10's time (a few percent of
+an epoch's; two runs, benchmarks/RESULTS.md, "Choosing the epoch").
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def validation_attack(name: str, threat: ThreatModel, steps: int) -> Attack:
 
 def validation_label(name: str, steps: int) -> str:
     """How the robust-validation attack is named in messages, e.g. "APGD-CE-20" or "PGD-10"."""
+    if name not in VAL_ATTACKS:
+        raise ConfigError(
+            f"unknown robust validation attack {name!r}: choose one of {', '.join(VAL_ATTACKS)}"
+        )
     return f"APGD-CE-{steps}" if name == "apgd" else f"PGD-{steps}"
 
 
