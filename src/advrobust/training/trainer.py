@@ -40,9 +40,9 @@ from advrobust.training.objectives import (
     objective_threat,
 )
 from advrobust.training.validation import (
-    VAL_ATTACKS,
     ValAttack,
     accuracy,
+    check_val_attack,
     holdout_split,
     robust_accuracy,
     validation_label,
@@ -105,10 +105,7 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must lie in (0, 1), got {self.ema_decay}: try 0.999, or None")
         if self.robust_val is not None and self.robust_val < 0:
             raise ConfigError(f"robust_val must be >= 0 (0 turns it off), got {self.robust_val}")
-        if self.robust_val_attack not in VAL_ATTACKS:
-            raise ConfigError(
-                f"unknown robust_val_attack {self.robust_val_attack!r}: choose one of {', '.join(VAL_ATTACKS)}"
-            )
+        check_val_attack(self.robust_val_attack)
         if self.robust_val_steps < 1:
             raise ConfigError(f"robust_val_steps must be >= 1, got {self.robust_val_steps}")
         if not (self.eps_warmup >= 0 and math.isfinite(self.eps_warmup)):
@@ -692,13 +689,12 @@ def _differing(key: str, saved: Any, now: Any) -> str:
     """``key``, and for settings dicts the options whose values differ (epochs aside): "train: lr 0.001 -> 0.002"."""
     if not (isinstance(saved, dict) and isinstance(now, dict)):
         return key
-    keys = sorted((set(saved) | set(now)) - {"epochs"})
+    saved, now = _without_epochs(saved), _without_epochs(now)
+    keys = sorted(set(saved) | set(now))
     changes = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
     return f"{key}: {', '.join(changes)}"
 
 
 def _without_epochs(value: Any) -> Any:
     """Settings compared on resume: everything but the epoch count, which may be extended."""
-    if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "epochs"}
-    return value
+    return _without(value, ("epochs",)) if isinstance(value, dict) else value

@@ -26,24 +26,24 @@ ValAttack = Literal["apgd", "pgd"]
 VAL_ATTACKS: tuple[str, ...] = get_args(ValAttack)
 
 
+def check_val_attack(name: object) -> None:
+    """Raise ConfigError unless ``name`` is a robust-validation attack (``VAL_ATTACKS``)."""
+    if name not in VAL_ATTACKS:
+        raise ConfigError(f"unknown robust_val_attack {name!r}: choose one of {', '.join(VAL_ATTACKS)}")
+
+
 def validation_attack(name: str, threat: ThreatModel, steps: int) -> Attack:
     """The robust-validation attack: ``"apgd"`` APGD-CE (Croce & Hein, 2020), ``"pgd"`` PGD (step 2.5 eps / steps).
 
     Either with ``steps`` iterations and one restart.
     """
-    if name == "apgd":
-        return APGD(threat=threat, steps=steps)
-    if name == "pgd":
-        return PGD(threat=threat, steps=steps)
-    raise ConfigError(f"unknown robust validation attack {name!r}: choose one of {', '.join(VAL_ATTACKS)}")
+    check_val_attack(name)
+    return APGD(threat=threat, steps=steps) if name == "apgd" else PGD(threat=threat, steps=steps)
 
 
 def validation_label(name: str, steps: int) -> str:
     """How the robust-validation attack is named in messages, e.g. "APGD-CE-20" or "PGD-10"."""
-    if name not in VAL_ATTACKS:
-        raise ConfigError(
-            f"unknown robust validation attack {name!r}: choose one of {', '.join(VAL_ATTACKS)}"
-        )
+    check_val_attack(name)
     return f"APGD-CE-{steps}" if name == "apgd" else f"PGD-{steps}"
 
 
