@@ -1,4 +1,5 @@
-"""fast_input_gradients: the native input-gradient kernel for few-channel convolutions on one CPU thread."""
+"""fast_input_gradients: the native input-gradient kernel for few-channel convolutions on one or two CPU
+threads."""
 
 from __future__ import annotations
 
@@ -152,11 +153,20 @@ def test_left_alone_where_it_does_not_pay(one_thread: None) -> None:
     with fast_input_gradients(model):
         assert backward_names(model.double(), x.double()) == ["ConvolutionBackward0"] * 2  # float64
         model.float()
-        torch.set_num_threads(2)
-        assert backward_names(model, x) == ["ConvolutionBackward0"] * 2  # oneDNN scales, native does not
-        torch.set_num_threads(1)
         with torch.no_grad():
             assert model(x).grad_fn is None
+    # oneDNN gains from more threads, the native kernel hardly: on two threads it still pays for one input
+    # channel, not for three; on more threads never.
+    three = net(3)
+    x3 = torch.rand(2, 3, 12, 12)
+    with fast_input_gradients(model), fast_input_gradients(three):
+        torch.set_num_threads(2)
+        assert backward_names(model, x) == ["_NativeInputGradConvBackward", "ConvolutionBackward0"]
+        assert backward_names(three, x3) == ["ConvolutionBackward0"] * 2
+        torch.set_num_threads(3)
+        assert backward_names(model, x) == ["ConvolutionBackward0"] * 2
+        torch.set_num_threads(1)
+        assert backward_names(three, x3) == ["_NativeInputGradConvBackward", "ConvolutionBackward0"]
 
 
 def test_weights_get_no_gradient_inside(one_thread: None) -> None:

@@ -1,20 +1,22 @@
-"""Faster input gradients through few-channel convolutions on one CPU thread.
+"""Faster input gradients through few-channel convolutions on one or two CPU threads.
 
 Attacks ask for the gradient of the loss with respect to the image, so they run the backward pass of the
 first convolution, which training never does (the data needs no gradient). On CPUs PyTorch computes it with
 oneDNN, whose backward-data kernel is slow when a convolution has few input channels: measured on one
 thread (torch 2.13, AMD EPYC, float32), 1 -> 16 channels 4x4 stride 2 on 250 MNIST images 6.7 ms vs 1.4 ms
 for PyTorch's native kernel, 1 -> 32 5x5 46 vs 10 ms, 3 -> 64 3x3 on 64 CIFAR images 12.9 vs 5.7 ms,
-4 -> 32 13.7 vs 9.0 ms; from 8 input channels up oneDNN is faster (``benchmarks/conv_input_grad.py``). On
-two threads the native kernel scales worse and the gap closes or turns, so the switch applies on one
-thread only.
+4 -> 32 13.7 vs 9.0 ms; from 8 input channels up oneDNN is faster (``benchmarks/conv_input_grad.py``). The
+native kernel hardly gains from a second thread while oneDNN nearly doubles: on two threads the native
+kernel still wins for one input channel on both CPUs measured (1.8-2.6x for 1 -> 16, 1.1-2.3x for 1 -> 32)
+and loses or ties from three channels, so the switch applies to up to ``MAX_CHANNELS`` input channels on one
+thread, to one input channel on two, and never on more threads.
 
 ``fast_input_gradients(model)`` is used where only input gradients are taken (attacks, the inner
 maximisation of adversarial training). Inside it, in the calling thread, every plain ``nn.Conv2d`` of
 ``model`` with at most ``MAX_CHANNELS`` input channels (no groups, no dilation, zero padding) computes its
-forward as usual and its input gradient with the native kernel, and no gradient for its weights (nothing
-there asks for one). Other threads using the same model meanwhile, and copies of it, see plain
-convolutions. The model's modules get their own class back on exit.
+forward as usual and, where the thread count above allows, its input gradient with the native kernel and no
+gradient for its weights (nothing there asks for one). Other threads using the same model meanwhile, and
+copies of it, see plain convolutions. The model's modules get their own class back on exit.
 """
 
 from __future__ import annotations
@@ -85,13 +87,20 @@ class _FastInputGradConv2d(nn.Conv2d):
             and input.requires_grad
             and torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
-            and torch.get_num_threads() == 1
+            and _native_pays(self.in_channels)
         ):
             bias = None if self.bias is None else self.bias.detach()
             stride, padding = list(self.stride), list(self.padding)
             out: Tensor = _NativeInputGradConv.apply(input, self.weight.detach(), bias, stride, padding)  # type: ignore[no-untyped-call]
             return out
         return super().forward(input)
+
+
+def _native_pays(in_channels: int) -> bool:
+    """Whether the native input-gradient kernel is the faster one at the current thread count: up to
+    MAX_CHANNELS input channels on one thread, one input channel on two, never on more."""
+    threads = torch.get_num_threads()
+    return in_channels <= (MAX_CHANNELS if threads == 1 else 1 if threads == 2 else 0)
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -108,7 +117,8 @@ def _eligible(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def fast_input_gradients(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, in this thread, few-channel convolutions of ``model`` take the faster
-    input-gradient kernel on one CPU thread (see the module docstring); their weights get no gradient.
+    input-gradient kernel on one or two CPU threads (see the module docstring); their weights get no
+    gradient.
 
     Nested uses are fine. A compiled model (``torch.compile``) is left as it is.
     """
