@@ -2,14 +2,16 @@
 
 Attacks ask for the gradient of the loss with respect to the image, so they run the backward pass of the
 first convolution, which training never does (the data needs no gradient). On CPUs PyTorch computes it with
-oneDNN, whose backward-data kernel is slow when a convolution has few input channels: measured on one
-thread (torch 2.13, AMD EPYC, float32), 1 -> 16 channels 4x4 stride 2 on 250 MNIST images 6.7 ms vs 1.4 ms
-for PyTorch's native kernel, 1 -> 32 5x5 46 vs 10 ms, 3 -> 64 3x3 on 64 CIFAR images 12.9 vs 5.7 ms,
-4 -> 32 13.7 vs 9.0 ms; from 8 input channels up oneDNN is faster (``benchmarks/conv_input_grad.py``). The
-native kernel hardly gains from a second thread while oneDNN nearly doubles: on two threads the native
-kernel still wins for one input channel on both CPUs measured (1.8-2.6x for 1 -> 16, 1.1-2.3x for 1 -> 32)
-and loses or ties from three channels, so the switch applies to up to ``MAX_CHANNELS`` input channels on one
-thread, to one input channel on two, and never on more threads.
+oneDNN, whose backward-data kernel is slow when a convolution has one input channel: measured on one thread
+(torch 2.13, two AMD EPYC CPUs, with and without AVX-512, float32), 1 -> 16 channels 4x4 stride 2 on 250
+MNIST images 3.4-4.7x the time of PyTorch's native kernel, 1 -> 32 5x5 2.1-4.5x; for three or four input
+channels it depends on the shape and the CPU (0.5-2.7x: the CIFAR and ImageNet stems win, 3 -> 16 3x3 loses
+on both CPUs), and from 8 input channels up oneDNN is faster (``benchmarks/conv_input_grad.py``,
+``benchmarks/RESULTS.md``). The native kernel hardly gains from a second thread while oneDNN nearly
+doubles: on two threads the native kernel still wins for one input channel on both CPUs (1.8-2.6x for
+1 -> 16, 1.1-2.3x for 1 -> 32), while for three or four channels it wins for some shapes and loses for
+others. So the switch applies to up to ``MAX_CHANNELS`` input channels on one thread, to one input channel
+on two, and never on more threads.
 
 ``fast_input_gradients(model)`` is used where only input gradients are taken (attacks, the inner
 maximisation of adversarial training). Inside it, in the calling thread, every plain ``nn.Conv2d`` of

