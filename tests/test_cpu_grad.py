@@ -157,11 +157,12 @@ def test_left_alone_where_it_does_not_pay(one_thread: None) -> None:
             assert model(x).grad_fn is None
     # oneDNN gains from more threads, the native kernel hardly: on two threads it still pays for one input
     # channel, not for three; on more threads never.
-    three = net(3)
-    x3 = torch.rand(2, 3, 12, 12)
-    with fast_input_gradients(model), fast_input_gradients(three):
+    two, three = net(2), net(3)
+    x2, x3 = torch.rand(2, 2, 12, 12), torch.rand(2, 3, 12, 12)
+    with fast_input_gradients(model), fast_input_gradients(two), fast_input_gradients(three):
         torch.set_num_threads(2)
         assert backward_names(model, x) == ["_NativeInputGradConvBackward", "ConvolutionBackward0"]
+        assert backward_names(two, x2) == ["ConvolutionBackward0"] * 2
         assert backward_names(three, x3) == ["ConvolutionBackward0"] * 2
         torch.set_num_threads(3)
         assert backward_names(model, x) == ["ConvolutionBackward0"] * 2
