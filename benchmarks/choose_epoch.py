@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 import advrobust
-import advrobust.training.trainer as trainer_module
 from advrobust.config import TrainSettings
 from advrobust.runs import train_run
 from advrobust.training.callbacks import Callback, TrainContext
@@ -52,17 +51,10 @@ def recipe() -> dict[str, object]:
 
 
 def train_keeping_epochs(out: Path, seed: int) -> None:
-    # The trainer's hook list gets one more callback for this run.
-    names = vars(trainer_module)
-    original = names["objective_callbacks"]
-    names["objective_callbacks"] = lambda objective: [*original(objective), SaveEveryEpoch(out)]
-    try:
-        settings = TrainSettings.model_validate(
-            {"data": "mnist", "model": "small-cnn", "seed": seed, "out": str(out / "run"), **recipe()}
-        )
-        train_run(settings)
-    finally:
-        names["objective_callbacks"] = original
+    settings = TrainSettings.model_validate(
+        {"data": "mnist", "model": "small-cnn", "seed": seed, "out": str(out / "run"), **recipe()}
+    )
+    train_run(settings, callbacks=[SaveEveryEpoch(out)])
 
 
 def main() -> None:

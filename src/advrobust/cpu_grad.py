@@ -98,11 +98,13 @@ class _FastInputGradConv2d(nn.Conv2d):
         return super().forward(input)
 
 
+#: Most input channels for which the native kernel pays, by thread count (none on more threads).
+_NATIVE_CHANNELS_BY_THREADS = {1: MAX_CHANNELS, 2: 1}
+
+
 def _native_pays(in_channels: int) -> bool:
-    """Whether the native input-gradient kernel is the faster one at the current thread count: up to
-    MAX_CHANNELS input channels on one thread, one input channel on two, never on more."""
-    threads = torch.get_num_threads()
-    return in_channels <= (MAX_CHANNELS if threads == 1 else 1 if threads == 2 else 0)
+    """Whether the native input-gradient kernel is the faster one at the current thread count."""
+    return in_channels <= _NATIVE_CHANNELS_BY_THREADS.get(torch.get_num_threads(), 0)
 
 
 def _eligible(module: nn.Module) -> bool:

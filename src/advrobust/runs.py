@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from advrobust.provenance import environment
 from advrobust.threat import ThreatModel
 from advrobust.training import (
     CHECKPOINT_NAME,
+    Callback,
     Objective,
     StepInfo,
     TrainConfig,
@@ -135,8 +136,15 @@ def build_objective(settings: TrainSettings, *, teacher: nn.Module | None = None
     return create_objective(settings.defense, **given)
 
 
-def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] | None = None) -> TrainOutcome:
+def train_run(
+    settings: TrainSettings,
+    *,
+    progress: Callable[[StepInfo], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainOutcome:
     """Train ``settings.model`` on ``settings.data`` with ``settings.defense``; save a run directory.
+
+    ``callbacks`` go to ``train`` after the objective's own.
 
     The run directory ``settings.out`` gets ``model.safetensors`` and ``card.json`` (the model), plus
     ``checkpoint.pt`` (to resume) and ``history.json`` (per-epoch metrics). Under torchrun the processes
@@ -189,6 +197,7 @@ def train_run(settings: TrainSettings, *, progress: Callable[[StepInfo], None] |
         val_data=val,
         device=device,
         progress=progress,
+        callbacks=callbacks,
     )
     metrics: dict[str, Any] = {"train_accuracy": result.history[-1]["train_accuracy"]}
     if result.best_epoch is not None:

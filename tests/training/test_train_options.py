@@ -17,7 +17,7 @@ from advrobust.data import ImageDataset
 from advrobust.errors import ConfigError
 from advrobust.models import load_model, read_card
 from advrobust.runs import build_objective, train_run
-from advrobust.training import CHECKPOINT_NAME, Callback, Stop, TrainContext, load_checkpoint, train
+from advrobust.training import CHECKPOINT_NAME, Callback, Stop, TrainContext, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_cli_prints_why_training_stopped(
         def on_epoch_end(self, ctx: TrainContext, *, epoch: int) -> Stop | None:
             return Stop("catastrophic overfitting: test stop", restored_epoch=1) if epoch == 2 else None
 
-    monkeypatch.setattr(runs, "train", functools.partial(train, callbacks=[Halt()]))
+    monkeypatch.setattr(runs, "train_run", functools.partial(train_run, callbacks=[Halt()]))
     args = ["train", "--data", str(small_npz), "--defense", "fast-at", "--eps", "0.1", "--epochs", "4"]
     assert main([*args, "--robust-val", "0", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     printed = capsys.readouterr().out

@@ -364,8 +364,13 @@ def _matching_checkpoint(
     mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
     if mismatched:
         named = [_differing(key, saved.get(key), record[key]) for key in mismatched]
+        saved_train, train_now = saved.get("train"), record.get("train")
         hint = ""
-        if any(option in text for text in named for option in VALIDATION_OPTIONS):
+        if (
+            isinstance(saved_train, dict)
+            and isinstance(train_now, dict)
+            and any(saved_train.get(option) != train_now.get(option) for option in VALIDATION_OPTIONS)
+        ):
             hint = (
                 " (a run checkpointed before robust validation defaulted to APGD-CE-20 chose its epochs with "
                 "PGD-10: resume it with --robust-val-attack pgd --robust-val-steps 10)"
