@@ -1,9 +1,15 @@
-"""Input-gradient kernels of few-channel convolutions on CPU: oneDNN vs PyTorch's native one.
+"""Gradient kernels of few-channel convolutions on CPU: oneDNN vs the alternatives ``advrobust.cpu_grad`` uses.
 
 The measurements behind ``advrobust.cpu_grad``: for first-layer shapes of MNIST / CIFAR / ImageNet models,
-the time of the input gradient (``convolution_backward`` with only the input asked for) with oneDNN and
-with oneDNN switched off, at each ``--threads``; then one attack step (forward and input gradient) of whole
-models with and without ``fast_input_gradients``. Interleaved, minimum of ``--repeats`` timings.
+at each ``--threads``,
+- the input gradient (``convolution_backward`` with only the input asked for) with oneDNN and with oneDNN
+  switched off (PyTorch's native kernel), then one attack step (forward and input gradient) of whole models
+  with and without ``fast_input_gradients``;
+- the weight and bias gradients (``convolution_backward`` with those asked for) with oneDNN and as one
+  convolution of the images with the output gradients (the batch as the channels, the stride as the
+  dilation), then one training step (forward and backward to the parameters) of whole models with and
+  without ``fast_weight_gradients``.
+Interleaved, minimum of ``--repeats`` timings.
 
 Usage:
     python benchmarks/conv_input_grad.py --threads 1 --threads 2
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import advrobust
-from advrobust.cpu_grad import fast_input_gradients
+from advrobust.cpu_grad import fast_input_gradients, fast_weight_gradients
 
 # (in, out, size, kernel, stride, padding, batch)
 LAYERS = [
@@ -33,6 +39,8 @@ LAYERS = [
     (3, 64, 224, 7, 2, 3, 8),  # ImageNet ResNet stem
 ]
 MODELS = [("small-cnn", 1, 28, 250, 20), ("madry-cnn", 1, 28, 250, 4), ("preact-resnet18", 3, 32, 64, 2)]
+# (name, channels, size, batch, calls per timing): training batches
+TRAIN_MODELS = [("small-cnn", 1, 28, 100, 20), ("madry-cnn", 1, 28, 50, 4)]
 
 
 def best_ms(fn: Callable[[], object], n: int, repeats: int) -> float:
@@ -88,6 +96,50 @@ def step(name: str, channels: int, size: int, bs: int, n: int, repeats: int) -> 
     )
 
 
+def weight_layer(cin: int, cout: int, size: int, k: int, s: int, p: int, bs: int, repeats: int) -> None:
+    x = torch.rand(bs, cin, size, size)
+    w = torch.randn(cout, cin, k, k) * 0.1
+    g = torch.randn_like(F.conv2d(x, w, stride=s, padding=p))
+
+    def onednn() -> object:
+        mask = [False, True, True]
+        return torch.ops.aten.convolution_backward(
+            g, x, w, [cout], [s, s], [p, p], [1, 1], False, [0, 0], 1, mask
+        )
+
+    def as_convolution() -> object:
+        # cpu_grad's formula for one input channel, written for any: (C, N, H, W) * (O, N, H', W').
+        out = F.conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=p, dilation=s)
+        return out[:, :, :k, :k].transpose(0, 1).contiguous(), g.sum(dim=(0, 2, 3))
+
+    reference = onednn()[1]  # type: ignore[index]
+    error = float((as_convolution()[0] - reference).abs().max() / reference.abs().max())  # type: ignore[index,operator]
+    a, b = best_ms(onednn, 10, repeats), best_ms(as_convolution, 10, repeats)
+    print(
+        f"  {cin:>2} -> {cout:<3} {size}x{size} k{k} s{s} batch {bs:>3}: oneDNN {a:7.2f} ms, "
+        f"as a convolution {b:7.2f} ms, oneDNN / convolution {a / b:.2f} (max relative difference {error:.0e})"
+    )
+
+
+def train_step(name: str, channels: int, size: int, bs: int, n: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = advrobust.create_model(name, num_classes=10, in_channels=channels).train()
+    x, y = torch.rand(bs, channels, size, size), torch.randint(0, 10, (bs,))
+
+    def one() -> object:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+        return None
+
+    default = best_ms(one, n, repeats)
+    with fast_weight_gradients(model):
+        fast = best_ms(one, n, repeats)
+    print(
+        f"  {name} batch {bs}: default {default:.2f} ms, fast_weight_gradients {fast:.2f} ms, "
+        f"speed-up {default / fast:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,6 +156,12 @@ def main() -> None:
         print(f"threads {threads}: one attack step (forward + input gradient)")
         for model in MODELS:
             step(*model, repeats=args.repeats)
+        print(f"threads {threads}: weight and bias gradients of one convolution")
+        for shape in LAYERS:
+            weight_layer(*shape, repeats=args.repeats)
+        print(f"threads {threads}: one training step (forward + parameter gradients)")
+        for model in TRAIN_MODELS:
+            train_step(*model, repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ from torch import nn
 
 from advrobust import ThreatModel
 from advrobust.attacks import create_attack
-from advrobust.cpu_grad import MAX_CHANNELS, fast_input_gradients
+from advrobust.cpu_grad import (
+    MAX_CHANNELS,
+    WEIGHT_GRAD_MAX_THREADS,
+    fast_input_gradients,
+    fast_weight_gradients,
+)
 
 
 @pytest.fixture
@@ -198,3 +203,129 @@ def test_attacks_use_it_and_find_the_same_points(one_thread: None) -> None:
     plain = pgd(twin, x, y, generator=torch.Generator().manual_seed(0))
     assert "_NativeInputGradConvBackward" in seen
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------ fast_weight_gradients (training's backward)
+
+
+def all_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """The gradients of the weights and biases, and of x when it requires one."""
+    model.zero_grad(set_to_none=True)
+    if x.grad is not None:
+        x.grad = None
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    return grads + ([x.grad.clone()] if x.grad is not None else [])
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {},
+        {"stride": 2, "padding": 1},
+        {"stride": 2},  # (12 - 3) / 2 leaves a row and a column the kernel never reaches
+        {"stride": (3, 1), "padding": (0, 2), "bias": False},
+        {"kernel_size": (2, 4), "stride": (1, 2), "padding": 1},
+    ],
+)
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_weight_gradients_match_the_default_kernels(
+    one_thread: None, conv: dict[str, object], input_grad: bool
+) -> None:
+    torch.manual_seed(0)
+    kernel = conv.pop("kernel_size", 3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, kernel, **conv),  # type: ignore[arg-type]
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),  # more than one input channel: left alone
+        nn.Flatten(),
+        nn.LazyLinear(5),
+    )
+    x = torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(1)).requires_grad_(input_grad)
+    y = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(2))
+    reference = all_grads(model, x, y)
+    with fast_weight_gradients(model):
+        assert backward_names(model, x) == ["_OneChannelConvBackward", "ConvolutionBackward0"]
+        fast = all_grads(model, x, y)
+    assert len(fast) == len(reference) == len(list(model.parameters())) + input_grad
+    for got, want in zip(fast, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_gradients_only_where_they_pay(one_thread: None) -> None:
+    model, three = net(), net(3)
+    x, x3 = torch.rand(2, 1, 12, 12), torch.rand(2, 3, 12, 12)
+    with fast_weight_gradients(model), fast_weight_gradients(three):
+        assert backward_names(three, x3) == ["ConvolutionBackward0"] * 2  # three input channels
+        assert backward_names(model.double(), x.double()) == ["ConvolutionBackward0"] * 2  # float64
+        model.float()
+        torch.set_num_threads(2)
+        assert backward_names(model, x)[0] == "_OneChannelConvBackward"
+        torch.set_num_threads(WEIGHT_GRAD_MAX_THREADS + 1)
+        assert backward_names(model, x)[0] == "ConvolutionBackward0"
+        torch.set_num_threads(1)
+        model[0].weight.requires_grad_(False)  # frozen: nothing to gain
+        assert backward_names(model, x)[0] == "ConvolutionBackward0"
+    assert type(model[0]) is nn.Conv2d and type(three[0]) is nn.Conv2d
+
+
+def test_inside_both_blocks_the_input_gradient_block_applies(one_thread: None) -> None:
+    # Adversarial training: the trainer's block is open around the attack, whose own block gives the
+    # weights no gradient; once the attack's block closes, the trainer's applies again.
+    model = net()
+    x = torch.rand(2, 1, 12, 12)
+    with fast_weight_gradients(model):
+        with fast_input_gradients(model):
+            assert backward_names(model, x)[0] == "_NativeInputGradConvBackward"
+        assert backward_names(model, x)[0] == "_OneChannelConvBackward"
+        with fast_weight_gradients(model):
+            pass
+        assert backward_names(model, x)[0] == "_OneChannelConvBackward"
+    assert backward_names(model, x)[0] == "ConvolutionBackward0"
+
+
+def test_weight_gradients_support_double_backward(one_thread: None) -> None:
+    # A penalty on the input gradient (e.g. GradAlign) differentiates the backward itself.
+    model = net()
+    x = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(2))
+
+    def penalised() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xx), y), xx, create_graph=True)
+        grad.square().sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    reference = penalised()
+    with fast_weight_gradients(model):
+        fast = penalised()
+    assert len(fast) == len(reference) > 0
+    for got, want in zip(fast, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_trainer_uses_it(one_thread: None) -> None:
+    # Fast-AT: the attack's forward takes the input-gradient kernel, the training forward the weight one.
+    from advrobust.data import ImageDataset
+    from advrobust.training import TrainConfig, create_objective, train
+
+    model = net()
+    gen = torch.Generator().manual_seed(0)
+    data = ImageDataset(
+        images=torch.randint(0, 256, (64, 1, 12, 12), generator=gen, dtype=torch.uint8),
+        labels=torch.randint(0, 5, (64,), generator=gen),
+        num_classes=5,
+        name="toy",
+        classes=tuple("abcde"),
+    )
+    seen: list[str] = []
+    model[0].register_forward_hook(
+        lambda _m, _i, out: seen.append(type(out.grad_fn).__name__) if out.grad_fn is not None else None
+    )
+    objective = create_objective("fast-at", threat=ThreatModel(norm="linf", eps=0.1), guard=False)
+    config = TrainConfig(epochs=1, batch_size=32, seed=0, robust_val=None, select="last")
+    train(model, data, objective=objective, config=config)
+    assert seen.count("_NativeInputGradConvBackward") == 2  # one attack per batch
+    assert seen.count("_OneChannelConvBackward") == 2  # one training forward per batch
+    assert type(model[0]) is nn.Conv2d

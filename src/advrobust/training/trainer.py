@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from advrobust import distributed
 from advrobust.contract import eval_mode
+from advrobust.cpu_grad import fast_weight_gradients
 from advrobust.data import BatchLoader, ImageDataset
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
@@ -518,7 +519,7 @@ class _Run:
             x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
             objective = self.objective_at(epoch, step)
             for _ in range(replays):
-                with _autocast(amp):
+                with _autocast(amp), fast_weight_gradients(model):
                     loss, logits = objective.loss(self.train_model, x, y, generator=self.attack_gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
