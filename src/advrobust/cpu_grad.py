@@ -94,14 +94,19 @@ class _NativeInputGradConv(torch.autograd.Function):
 def _one_channel_weight_grad(
     x: Tensor, grad: Tensor, kernel: list[int], stride: list[int], padding: list[int]
 ) -> Tensor:
-    """The weight gradient of a one-input-channel conv2d as one convolution: the images, their batch as the
-    channels, with the output gradients as the kernel and the stride as the dilation.
+    """The weight gradient of a one-input-channel conv2d as one batched matrix product of the output
+    gradients with the image patches the kernel saw.
 
     Shape: x (N, 1, H, W), grad (N, O, H', W') -> (O, 1, kh, kw).
     """
-    out = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=padding, dilation=stride)
-    # Rows / columns past the kernel appear when the stride does not divide the padded extent: not weights.
-    return out[:, :, : kernel[0], : kernel[1]].transpose(0, 1).contiguous()
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, o, ho, wo = grad.shape
+    padded = F.pad(x[:, 0], (pw, pw, ph, ph))
+    # (N, H', W', kh, kw) views of the padded images; rows / columns past the last window are never read.
+    patches = padded.unfold(1, kh, sh).unfold(2, kw, sw)[:, :ho, :wo]
+    patches = patches.permute(0, 3, 4, 1, 2).reshape(n, kh * kw, ho * wo)
+    per_image = torch.bmm(grad.reshape(n, o, ho * wo), patches.transpose(1, 2))
+    return per_image.sum(dim=0).view(o, 1, kh, kw)
 
 
 class _OneChannelConv(torch.autograd.Function):
