@@ -15,8 +15,9 @@ eps 0.3, the same threads, for one timed epoch after a one-epoch warm-up on the 
 
 fast-at also runs as ``plain``: the same algorithm written as a bare PyTorch loop (no library, no trainer:
 the batch indexed from a float tensor, the uniform start, one input gradient through advrobust's
-``fast_input_gradients``, the signed step and projections, one training step of the fused Adam), i.e. the
-floor that PyTorch's kernels set for any library on this model. The summary prints both libraries against it.
+``fast_input_gradients``, the signed step and projections, one training step of the fused Adam with the
+first layer's weight gradient through ``fast_weight_gradients``), i.e. advrobust's kernels without its
+trainer: what the trainer costs on top. The summary prints both libraries against it.
 
 advrobust trains through ``advrobust.training.train`` with ``robust_val=0`` (the default holds 500 images out
 and attacks them with APGD-CE-20 after each epoch: ``--robust-val-default`` keeps it). What each ART trainer does
@@ -213,7 +214,7 @@ def plain_epoch(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], 
     """(warm-up, timed epoch) closures for Fast-AT as a bare PyTorch loop (the ``plain`` reference)."""
     import torch.nn.functional as F
 
-    from advrobust.cpu_grad import fast_input_gradients
+    from advrobust.cpu_grad import fast_input_gradients, fast_weight_gradients
 
     model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -235,7 +236,8 @@ def plain_epoch(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], 
             step = x_adv.detach() + FAST_STEP_SIZE * grad.sign()
             x_adv = torch.minimum(torch.maximum(step, x - EPS), x + EPS).clamp(0, 1)
             model.train()
-            loss = F.cross_entropy(model(x_adv), y)
+            with fast_weight_gradients(model):
+                loss = F.cross_entropy(model(x_adv), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
