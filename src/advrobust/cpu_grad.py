@@ -27,7 +27,8 @@ saw, it took 1.4-4.7x less time on one thread and 2.6-4.5x less on two, for ever
 the same product is slower for most shapes (0.3-1.9x). ``fast_weight_gradients(model)``, used by the
 trainer around each training forward, gives one-input-channel convolutions that weight gradient, and their
 input gradient (Free-AT asks for both) from the native kernel, on one or two threads (a training step of
-small-cnn on 100 MNIST images 1.10-1.13x faster; more threads are not measured, so left to oneDNN).
+small-cnn on 100 MNIST images 1.07-1.13x faster, of madry-cnn 0.97-1.17x, inside this machine's noise; more
+threads are not measured, so left to oneDNN).
 
 Other threads using the same model meanwhile, and copies of it, see plain convolutions. The model's
 modules get their own class back on exit.
