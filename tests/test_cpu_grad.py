@@ -4,6 +4,7 @@ threads."""
 from __future__ import annotations
 
 import copy
+import pickle
 import threading
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrobust import ThreatModel
+from advrobust import ThreatModel, cpu_grad
 from advrobust.attacks import create_attack
 from advrobust.cpu_grad import (
     MAX_CHANNELS,
@@ -233,6 +234,7 @@ def test_weight_gradients_match_the_default_kernels(
     one_thread: None, conv: dict[str, object], input_grad: bool
 ) -> None:
     torch.manual_seed(0)
+    conv = dict(conv)  # the parametrised dict is shared between the input_grad cases
     kernel = conv.pop("kernel_size", 3)
     model = nn.Sequential(
         nn.Conv2d(1, 8, kernel, **conv),  # type: ignore[arg-type]
@@ -299,6 +301,7 @@ def test_weight_gradients_support_double_backward(one_thread: None) -> None:
 
     reference = penalised()
     with fast_weight_gradients(model):
+        assert backward_names(model, x)[0] == "_OneChannelConvBackward"
         fast = penalised()
     assert len(fast) == len(reference) > 0
     for got, want in zip(fast, reference, strict=True):
@@ -329,3 +332,55 @@ def test_the_trainer_uses_it(one_thread: None) -> None:
     assert seen.count("_NativeInputGradConvBackward") == 2  # one attack per batch
     assert seen.count("_OneChannelConvBackward") == 2  # one training forward per batch
     assert type(model[0]) is nn.Conv2d
+
+
+def test_weight_gradients_in_chunks_of_the_batch(one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large inputs take the patches a few images at a time (memory bounded): the same gradient.
+    model = net(stride=2, padding=1)
+    x = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (10,), generator=torch.Generator().manual_seed(2))
+    with fast_weight_gradients(model):
+        whole = all_grads(model, x, y)
+        monkeypatch.setattr(cpu_grad, "PATCH_FLOATS", 3 * 9 * 36)  # 3 images of 36 windows of 3x3
+        chunked = all_grads(model, x, y)
+    for got, want in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_block_restores_on_errors_and_copies_are_plain(one_thread: None) -> None:
+    model = net()
+    x, y = torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])
+    model(x)  # materialise the lazy layer
+    with pytest.raises(RuntimeError, match="boom"), fast_weight_gradients(model):
+        twin = copy.deepcopy(model)
+        restored = pickle.loads(pickle.dumps(model))
+        raise RuntimeError("boom")
+    assert type(model[0]) is nn.Conv2d
+    # A copy made inside the block is a plain convolution, so no later block of another model changes it.
+    assert type(twin[0]) is nn.Conv2d and type(restored[0]) is nn.Conv2d
+    torch.testing.assert_close(twin(x), model(x))
+    torch.testing.assert_close(restored(x), model(x))
+    with fast_input_gradients(model):
+        F.cross_entropy(twin(x.requires_grad_(True)), y).backward()
+    assert twin[0].weight.grad is not None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func's own
+def test_forward_mode_and_torch_func_take_the_plain_convolution(one_thread: None) -> None:
+    model = net()
+    x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    tangent = torch.rand_like(x)
+    model(x)  # materialise the lazy layer
+    params = dict(model.named_parameters())
+
+    def loss(p: dict[str, torch.Tensor], xx: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, p, (xx,)).square().sum()
+
+    reference = torch.func.grad(loss)(params, x)
+    _, reference_jvp = torch.func.jvp(lambda xx: model(xx), (x,), (tangent,))
+    with fast_weight_gradients(model), fast_input_gradients(model):
+        fast = torch.func.grad(loss)(params, x)
+        _, fast_jvp = torch.func.jvp(lambda xx: model(xx), (x,), (tangent,))
+    torch.testing.assert_close(fast_jvp, reference_jvp)
+    for name, want in reference.items():
+        torch.testing.assert_close(fast[name], want)

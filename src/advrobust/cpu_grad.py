@@ -21,14 +21,15 @@ gradient for its weights (nothing there asks for one).
 
 Training's own backward asks for the weight gradient of the first convolution, and oneDNN's backward-weights
 kernel is slow for one input channel too (1 -> 16 4x4 stride 2 on 100 images: 2.0-2.2 ms, four times the
-forward). Written as one batched matrix product of the output gradients with the image patches the kernel
-saw, it took 1.4-4.7x less time on one thread and 2.6-4.5x less on two, for every one-channel shape measured
-(16-64 output channels, kernels 3-7, 28x28 to 224x224, batches 8-512); with three or more input channels
-the same product is slower for most shapes (0.3-1.9x). ``fast_weight_gradients(model)``, used by the
-trainer around each training forward, gives one-input-channel convolutions that weight gradient, and their
-input gradient (Free-AT asks for both) from the native kernel, on one or two threads (a training step of
-small-cnn on 100 MNIST images 1.07-1.13x faster, of madry-cnn 0.97-1.17x, inside this machine's noise; more
-threads are not measured, so left to oneDNN).
+forward). Written as batched matrix products of the output gradients with the image patches the kernel saw
+(the patches of at most ``PATCH_FLOATS`` floats at a time), it took 1.4-4.7x less time on one thread and
+2.5-4.5x less on two, for every one-channel shape measured (16-64 output channels, kernels 3-7, 28x28 to
+224x224, batches 8-512); with 3 to 8 input channels the same product was slower in 9 of 12 cases
+(0.36-1.44x, ``benchmarks/conv_input_grad.py``). ``fast_weight_gradients(model)``, used by the trainer
+around each training forward, gives one-input-channel convolutions that weight gradient, and their input
+gradient (Free-AT asks for both) from the native kernel, on one or two threads (a training step of
+small-cnn on 100 MNIST images 1.07-1.13x faster, of madry-cnn 0.83-1.17x, inside this machine's noise; more
+threads are not measured, so left to oneDNN). Forward-mode AD and ``torch.func`` get the plain convolution.
 
 Other threads using the same model meanwhile, and copies of it, see plain convolutions. The model's
 modules get their own class back on exit.
@@ -37,13 +38,15 @@ modules get their own class back on exit.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, SupportsIndex
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.nn.grad import conv2d_input
 
@@ -93,11 +96,15 @@ class _NativeInputGradConv(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+#: Most floats the image patches of one chunk of the batch may take in ``_one_channel_weight_grad`` (64 MiB).
+PATCH_FLOATS = 1 << 24
+
+
 def _one_channel_weight_grad(
     x: Tensor, grad: Tensor, kernel: list[int], stride: list[int], padding: list[int]
 ) -> Tensor:
-    """The weight gradient of a one-input-channel conv2d as one batched matrix product of the output
-    gradients with the image patches the kernel saw.
+    """The weight gradient of a one-input-channel conv2d as batched matrix products of the output gradients
+    with the image patches the kernel saw, over chunks of the batch whose patches fit ``PATCH_FLOATS``.
 
     Shape: x (N, 1, H, W), grad (N, O, H', W') -> (O, 1, kh, kw).
     """
@@ -105,15 +112,20 @@ def _one_channel_weight_grad(
     n, o, ho, wo = grad.shape
     padded = F.pad(x[:, 0], (pw, pw, ph, ph))
     # (N, H', W', kh, kw) views of the padded images; rows / columns past the last window are never read.
-    patches = padded.unfold(1, kh, sh).unfold(2, kw, sw)[:, :ho, :wo]
-    patches = patches.permute(0, 3, 4, 1, 2).reshape(n, kh * kw, ho * wo)
-    per_image = torch.bmm(grad.reshape(n, o, ho * wo), patches.transpose(1, 2))
-    return per_image.sum(dim=0).view(o, 1, kh, kw)
+    windows = padded.unfold(1, kh, sh).unfold(2, kw, sw)[:, :ho, :wo]
+    chunk = max(1, PATCH_FLOATS // max(1, kh * kw * ho * wo))
+    total = grad.new_zeros(o, kh * kw)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        patches = windows[rows].permute(0, 3, 4, 1, 2).reshape(-1, kh * kw, ho * wo)
+        per_image = torch.bmm(grad[rows].reshape(-1, o, ho * wo), patches.transpose(1, 2))
+        total += per_image.sum(dim=0)
+    return total.view(o, 1, kh, kw)
 
 
 class _OneChannelConv(torch.autograd.Function):
     """conv2d (one input channel, groups 1, dilation 1) whose backward takes the weight gradient as a
-    convolution and the input gradient from the native kernel."""
+    matrix product (``_one_channel_weight_grad``) and the input gradient from the native kernel."""
 
     @staticmethod
     def forward(
@@ -149,9 +161,23 @@ class _OneChannelConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _plain_autograd(input: Tensor) -> bool:
+    """Whether only reverse-mode autograd sees this forward: the Functions here have no forward-mode (jvp)
+    or ``torch.func`` rule, so under those the plain convolution runs."""
+    return forward_ad._current_level < 0 and not torch._C._functorch.is_functorch_wrapped_tensor(input)
+
+
 class _FastConv2d(nn.Conv2d):
     """The class an eligible ``nn.Conv2d`` wears inside ``fast_input_gradients`` or
     ``fast_weight_gradients``: the plain convolution except in a thread where one of the blocks is active."""
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        # Copies and pickles made inside a block are plain convolutions, not this private class.
+        reduced = super().__reduce_ex__(protocol)
+        if isinstance(reduced, tuple) and len(reduced) > 2:
+            # (how to make an empty object, state, ...): an empty nn.Conv2d instead, the same state.
+            return (copyreg._reconstructor, (nn.Conv2d, object, None), *reduced[2:])  # type: ignore[attr-defined]
+        return reduced
 
     def forward(self, input: Tensor) -> Tensor:
         if not (
@@ -161,6 +187,7 @@ class _FastConv2d(nn.Conv2d):
             and self.weight.dtype == torch.float32
             and torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
+            and _plain_autograd(input)
         ):
             return super().forward(input)
         stride, padding = list(self.stride), list(self.padding)
@@ -234,7 +261,7 @@ def fast_input_gradients(model: nn.Module) -> Iterator[nn.Module]:
 @contextlib.contextmanager
 def fast_weight_gradients(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, in this thread, one-input-channel convolutions of ``model`` whose weights need a
-    gradient take it as a convolution (see the module docstring), on one or two CPU threads; the gradients
+    gradient take it as a matrix product (see the module docstring), on one or two CPU threads; the gradients
     are the usual ones up to float rounding. Inside a ``fast_input_gradients`` block, that one applies.
 
     Nested uses are fine. A compiled model (``torch.compile``) is left as it is.
