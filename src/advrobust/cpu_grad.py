@@ -65,8 +65,8 @@ def _depth(mode: str) -> int:
     return int(getattr(_local, mode, 0))
 
 
-class _NativeInputGradConv(torch.autograd.Function):
-    """conv2d (groups 1, dilation 1) whose backward returns the input gradient only, from the native kernel."""
+class _Conv(torch.autograd.Function):
+    """conv2d (groups 1, dilation 1) that saves what the backward passes below need."""
 
     @staticmethod
     def forward(
@@ -76,24 +76,28 @@ class _NativeInputGradConv(torch.autograd.Function):
         ctx.stride, ctx.padding = stride, padding
         return F.conv2d(x, weight, bias, stride, padding)
 
+
+def _native_input_grad(ctx: Any, grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """The input gradient of the saved convolution from PyTorch's native kernel."""
+    assert _NATIVE is not None  # checked before the Functions are used
+    kernel = list(weight.shape[2:])
+    mask = [True, False, False]
+    grad_x: Tensor = _NATIVE(
+        grad.contiguous(), x.contiguous(), weight.contiguous(), kernel, ctx.stride, ctx.padding, mask
+    )[0]
+    return grad_x
+
+
+class _NativeInputGradConv(_Conv):
+    """conv2d (groups 1, dilation 1) whose backward returns the input gradient only, from the native kernel."""
+
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         x, weight = ctx.saved_tensors
-        assert _NATIVE is not None  # checked before the Function is used
-        kernel = list(weight.shape[2:])
-        grad_x = _NATIVE(
-            grad.contiguous(),
-            x.contiguous(),
-            weight.contiguous(),
-            kernel,
-            ctx.stride,
-            ctx.padding,
-            [True, False, False],
-        )[0]
-        return grad_x, None, None, None, None
+        return _native_input_grad(ctx, grad, x, weight), None, None, None, None
 
 
 #: Most floats the image patches of one chunk of the batch may take in ``_one_channel_weight_grad`` (64 MiB).
@@ -123,39 +127,21 @@ def _one_channel_weight_grad(
     return total.view(o, 1, kh, kw)
 
 
-class _OneChannelConv(torch.autograd.Function):
+class _OneChannelConv(_Conv):
     """conv2d (one input channel, groups 1, dilation 1) whose backward takes the weight gradient as a
     matrix product (``_one_channel_weight_grad``) and the input gradient from the native kernel."""
 
     @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int]
-    ) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, bias, stride, padding)
-
-    @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
-        kernel = list(weight.shape[2:])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if torch.is_grad_enabled():  # a double backward is asked for: the differentiable formula
                 grad_x = conv2d_input(x.shape, weight, grad, ctx.stride, ctx.padding)  # type: ignore[no-untyped-call]
             else:
-                assert _NATIVE is not None  # checked before the Function is used
-                grad_x = _NATIVE(
-                    grad.contiguous(),
-                    x.contiguous(),
-                    weight.contiguous(),
-                    kernel,
-                    ctx.stride,
-                    ctx.padding,
-                    [True, False, False],
-                )[0]
+                grad_x = _native_input_grad(ctx, grad, x, weight)
         if ctx.needs_input_grad[1]:
-            grad_w = _one_channel_weight_grad(x, grad, kernel, ctx.stride, ctx.padding)
+            grad_w = _one_channel_weight_grad(x, grad, list(weight.shape[2:]), ctx.stride, ctx.padding)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
