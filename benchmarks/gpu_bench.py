@@ -19,9 +19,9 @@ Writes JSON (``--out``) and prints a table.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
-import logging
 import os
 import platform
 import time
@@ -75,25 +75,37 @@ def resnet_inputs(n: int, device: torch.device, seed: int) -> tuple[nn.Module, T
     return model, x, y
 
 
-def pgd_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+def pgd_cases(
+    args: argparse.Namespace, device: torch.device, *, compiled: bool = False
+) -> list[dict[str, Any]]:
+    """PGD-40 rows: advrobust fp32, bf16 + channels_last and torchattacks; with ``compiled`` only the
+    ``torch.compile`` variant (its own section, run last: its compilation takes a minute or more)."""
     model, x, y = resnet_inputs(args.pgd_n, device, args.seed)
     threat = advrobust.ThreatModel(norm="linf", eps=EPS)
     pgd = create_attack("pgd", threat=threat, steps=40, step_size=EPS / 4)
     runners: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
-    runners["advrobust fp32"] = lambda xb, yb: pgd(
-        model, xb, yb, generator=torch.Generator(device).manual_seed(0)
-    )
-    fast = accelerate(model, device, amp=True, channels_last=True)
-    runners["advrobust bf16+channels_last"] = lambda xb, yb: pgd(
-        fast, xb, yb, generator=torch.Generator(device).manual_seed(0)
-    )
-    try:
-        import torchattacks
+    # accelerate() converts the module it is given to channels_last: the fast variants get their own copy,
+    # so the fp32 rows (and torchattacks) run the plain contiguous model.
+    if compiled:
+        fast = accelerate(copy.deepcopy(model), device, amp=True, channels_last=True, compile=True)
+        runners["advrobust bf16+channels_last+compile"] = lambda xb, yb: pgd(
+            fast, xb, yb, generator=torch.Generator(device).manual_seed(0)
+        )
+    else:
+        runners["advrobust fp32"] = lambda xb, yb: pgd(
+            model, xb, yb, generator=torch.Generator(device).manual_seed(0)
+        )
+        fast = accelerate(copy.deepcopy(model), device, amp=True, channels_last=True)
+        runners["advrobust bf16+channels_last"] = lambda xb, yb: pgd(
+            fast, xb, yb, generator=torch.Generator(device).manual_seed(0)
+        )
+        try:
+            import torchattacks
 
-        ta = torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=40, random_start=True)
-        runners["torchattacks fp32"] = lambda xb, yb: ta(xb, yb)
-    except Exception as exc:  # not installed on the GPU machine
-        print(f"torchattacks not available: {type(exc).__name__}: {exc}")
+            ta = torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=40, random_start=True)
+            runners["torchattacks fp32"] = lambda xb, yb: ta(xb, yb)
+        except Exception as exc:  # not installed on the GPU machine
+            print(f"torchattacks not available: {type(exc).__name__}: {exc}")
     rows = []
     for name, run in runners.items():
         bs = args.batch_size
@@ -101,7 +113,8 @@ def pgd_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
         def all_batches(run: Callable[[Tensor, Tensor], Tensor] = run, bs: int = bs) -> Tensor:
             return torch.cat([run(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)])
 
-        run(x[:bs], y[:bs])  # warm-up (cuDNN autotuning, autocast caches)
+        _, warm_seconds = timed(lambda run=run, bs=bs: run(x[:bs], y[:bs]), device)  # cuDNN autotuning,
+        # autocast caches, torch.compile's compilation
         peak_reset(device)
         x_adv, seconds = timed(all_batches, device)
         with torch.no_grad():
@@ -118,6 +131,7 @@ def pgd_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
                 "robust_accuracy": robust,
                 "max_linf": worst,
                 "peak_mb": peak_mb(device),
+                "warm_up_seconds": warm_seconds,
             }
         )
         print(rows[-1], flush=True)
@@ -139,6 +153,9 @@ def fast_at_cases(args: argparse.Namespace, device: torch.device) -> list[dict[s
             epochs=1, batch_size=args.batch_size, optimizer="sgd", lr=0.1, amp=fast, channels_last=fast,
             robust_val=0,
         )  # fmt: skip
+        # Warm-up on a copy (cuDNN autotuning for these shapes), then the timed epoch from the same weights.
+        warm = data.take(min(len(data), 3 * args.batch_size))
+        train(copy.deepcopy(model), warm, objective=objective, config=config, device=device)
         peak_reset(device)
         result, seconds = timed(
             lambda model=model, config=config, objective=objective: train(
@@ -162,97 +179,113 @@ def fast_at_cases(args: argparse.Namespace, device: torch.device) -> list[dict[s
     return rows
 
 
-def suite_row(
-    rows: list[dict[str, Any]], model: str, variant: str, n: int, seconds: float, robust: float, **extra: Any
-) -> None:
-    """Append (and print) one timed run of a standard-suite recipe on the MNIST model ``model``."""
-    rows.append(
-        {
-            "case": f"standard suite {model}",
-            "variant": variant,
-            "n": n,
-            "seconds": seconds,
-            "robust_accuracy": robust,
-            **extra,
-        }
-    )
-    print(rows[-1], flush=True)
+#: Peer cases on the MNIST models: (attack, libraries), the single attacks first, then the ensembles (run
+#: after the ResNet rows, so that a short budget cuts the slowest cases). ART's AutoAttack (5 restarts of
+#: each APGD, DeepFool, Square 5,000 x 5) takes about 30 minutes on a CPU and is left out; its CW-L2 runs on
+#: the first 200 images, as on the CPU.
+MNIST_CASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fgsm", ("advrobust", "torchattacks", "foolbox", "art")),
+    ("pgd40-linf", ("advrobust", "torchattacks", "foolbox", "art")),
+    ("pgd40-l2", ("advrobust", "torchattacks", "foolbox", "art")),
+    ("apgd-ce", ("advrobust", "torchattacks", "art")),
+    ("cw-l2", ("advrobust", "torchattacks", "foolbox")),
+)
+MNIST_ENSEMBLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("square", ("advrobust", "torchattacks", "art")),
+    ("autoattack", ("advrobust", "torchattacks", "reference")),
+    ("autoattack-parts-100", ("torchattacks",)),
+    ("cw-l2", ("art",)),  # ART's CW line search runs in numpy: the slowest single attack here
+)
+RESNET_CASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fgsm", ("advrobust", "torchattacks", "foolbox", "art")),
+    ("pgd40-linf", ("advrobust", "torchattacks", "foolbox", "art")),
+    ("pgd40-l2", ("advrobust", "torchattacks", "foolbox", "art")),
+)
 
 
-def mnist_cases(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    if not os.environ.get("ADVROBUST_DATA") or args.models is None:
-        print("MNIST suite skipped: set ADVROBUST_DATA and --models")
-        return []
-    from advrobust.evaluation.suites import build_suite
+class CaseTimeoutError(Exception):
+    pass
 
+
+def run_peer_case(case: dict[str, Any], limit: float) -> dict[str, Any]:
+    """``harness.run_case`` in this process (a fresh process per case would pay CUDA's start each time),
+    stopped by an alarm after ``limit`` seconds; a failure is recorded, not raised."""
+    import signal
+
+    import harness
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CaseTimeoutError(f"over {limit:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(limit)))
+    try:
+        return harness.run_case(dict(case))
+    except CaseTimeoutError as exc:
+        return {**case, "status": "timeout", "error": str(exc)}
+    except Exception as exc:
+        return {**case, "status": "error", "error": f"{type(exc).__name__}: {exc}"[-2000:]}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def peer_cases(
+    args: argparse.Namespace,
+    device: torch.device,
+    deadline: float,
+    on_row: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """advrobust against torchattacks, ART, foolbox and the reference AutoAttack through the CPU benchmarks'
+    harness (same settings, same checks: ``benchmarks/harness.py``), on ``device``: the MNIST benchmark models
+    (``--models`` and ``ADVROBUST_DATA``) and the random 32x32 preact-resnet18. A case is run twice when its
+    first run takes under ``--repeat-under`` seconds, and its faster run is reported."""
+    import harness
+
+    mnist: list[dict[str, Any]] = []
+    if os.environ.get("ADVROBUST_DATA") and args.models is not None:
+        for name in ("mnist-standard", "mnist-fast-at"):
+            if (args.models / name).is_dir():
+                folder = str(args.models / name)
+                mnist.append(
+                    {"model": folder, "model_name": name, "n": args.mnist_n, "batch_size": args.mnist_batch}
+                )
+    else:
+        print("MNIST peer cases skipped: set ADVROBUST_DATA and --models")
+    resnet = {
+        "model": harness.RESNET_MODEL,
+        "model_name": "preact-resnet18 32x32 random",
+        "n": args.resnet_n,
+        "batch_size": args.batch_size,
+    }
+    plan = [(base, c) for base in mnist for c in MNIST_CASES]
+    plan += [(resnet, c) for c in RESNET_CASES]
+    plan += [(base, c) for base in mnist for c in MNIST_ENSEMBLES]
     rows = []
-    test = advrobust.load_dataset("mnist", split="test").take(args.mnist_n)
-    x, y = test.images.float().div(255).to(device), test.labels.to(device)
-    threat = advrobust.ThreatModel(norm="linf", eps=0.3)
-    for name in ("mnist-standard", "mnist-fast-at"):
-        folder = args.models / name
-        if not folder.is_dir():
-            continue
-        model = advrobust.load_model(folder, device=device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        result, seconds = timed(
-            lambda model=model: advrobust.evaluate(
-                model, (x, y), build_suite("standard", threat), batch_size=args.mnist_batch, seed=0
-            ),
-            device,
-        )
-        per_attack = [[a.name, a.attacked, a.fooled, a.seconds] for a in result.attacks]
-        suite_row(rows, name, "advrobust", len(y), seconds, result.robust.value, per_attack=per_attack)
-        try:
-            from pyautoattack import AutoAttack
-        except Exception as exc:  # the reference is optional here, as torchattacks
-            print(f"pyautoattack not available: {type(exc).__name__}: {exc}")
-        else:
-            logging.getLogger("auto-attack").setLevel(logging.WARNING)
-            reference = AutoAttack(model, norm="Linf", eps=0.3, version="standard", seed=0, device=device)
-
-            def run_reference(reference: Any = reference, model: nn.Module = model) -> Tensor:
-                x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=args.mnist_batch)
-                with torch.no_grad():
-                    return model(x_adv).argmax(1) == y
-
-            robust, seconds = timed(run_reference, device)
-            variant = "reference AutoAttack (pyautoattack), standard"
-            suite_row(rows, name, variant, len(y), seconds, float(robust.float().mean()))
-        try:
-            import torchattacks as ta
-        except Exception:
-            continue
-        common = {"norm": "Linf", "eps": 0.3, "seed": 0, "n_restarts": 1, "steps": 100}
-        parts = [
-            ta.APGD(model, loss="ce", **common),
-            ta.APGDT(model, n_classes=10, **common),
-            ta.FAB(model, multi_targeted=True, n_classes=10, **common),
-            ta.Square(model, norm="Linf", eps=0.3, seed=0, n_queries=5000, n_restarts=1),
-        ]
-
-        def cascade(model: nn.Module = model, parts: list[Any] = parts) -> Tensor:
-            robust = torch.ones(len(y), dtype=torch.bool, device=device)
-            for start in range(0, len(y), args.mnist_batch):
-                xb, yb = x[start : start + args.mnist_batch], y[start : start + args.mnist_batch]
-                with torch.no_grad():
-                    standing = (model(xb).argmax(1) == yb).nonzero().squeeze(1)
-                for atk in parts:
-                    if standing.numel() == 0:
-                        break
-                    adv = atk(xb[standing], yb[standing])
-                    with torch.no_grad():
-                        fooled = model(adv).argmax(1) != yb[standing]
-                    standing = standing[~fooled]
-                keep = torch.zeros(len(yb), dtype=torch.bool, device=device)
-                keep[standing] = True
-                robust[start : start + len(yb)] = keep
-            return robust
-
-        robust, seconds = timed(cascade, device)
-        variant = "torchattacks members, 100 steps"
-        suite_row(rows, name, variant, len(y), seconds, float(robust.float().mean()))
+    for base, (attack, libraries) in plan:
+        for library in libraries:
+            case = {**base, "library": library, "attack": attack, "seed": args.seed, "device": str(device)}
+            case["threads"] = os.cpu_count() or 1
+            if library == "art" and attack == "cw-l2":
+                case["n"] = min(int(case["n"]), 200)
+            runs = []
+            for _ in range(2):
+                left = deadline - time.perf_counter()
+                if left < 5:
+                    runs.append({**case, "status": "skipped", "error": "out of the run's time budget"})
+                    break
+                runs.append(run_peer_case(case, min(args.case_limit, left)))
+                if runs[-1].get("status") != "ok" or runs[-1]["seconds"] >= args.repeat_under:
+                    break
+            ok = [r for r in runs if r.get("status") == "ok"]
+            row = dict(min(ok, key=lambda r: r["seconds"])) if ok else dict(runs[-1])
+            row.pop("robust_flags", None)
+            row["run_seconds"] = [r.get("seconds") for r in runs]
+            row["case"] = f"{attack} {base['model_name']}"
+            row["variant"] = library
+            rows.append(row)
+            on_row(row)
+            print(harness.brief(row) if ok else row, f"[{row['case']} {library}]", flush=True)
     return rows
 
 
@@ -264,16 +297,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", type=Path, help="folder of benchmarks/train_models.py runs")
     parser.add_argument("--pgd-n", type=int, default=4096)
-    parser.add_argument("--train-n", type=int, default=20000)
+    parser.add_argument("--train-n", type=int, default=50000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--mnist-n", type=int, default=1000)
-    parser.add_argument("--mnist-batch", type=int, default=1000)
+    parser.add_argument("--mnist-batch", type=int, default=500)
+    parser.add_argument("--resnet-n", type=int, default=2048, help="random 32x32 inputs in the peer cases")
+    parser.add_argument(
+        "--repeat-under", type=float, default=20.0, help="seconds: peer cases under it run twice"
+    )
+    parser.add_argument(
+        "--case-limit", type=float, default=90.0, help="seconds before a peer case is stopped"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=420.0, help="seconds for the whole run (peer cases stop)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", action="append", choices=["pgd", "fast-at", "mnist"])
+    parser.add_argument(
+        "--compile-reserve",
+        type=float,
+        default=0.0,
+        help="seconds kept from the peer cases for a last section: PGD with torch.compile (0: no such section)",
+    )
+    parser.add_argument("--only", action="append", choices=["pgd", "fast-at", "peers", "compile"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     args = parser.parse_args()
     if args.quick:
         args.pgd_n, args.train_n, args.batch_size, args.mnist_n, args.mnist_batch = 16, 64, 16, 20, 20
+        args.resnet_n = 8
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -287,23 +337,68 @@ def main() -> None:
         "rows": [],
     }
     print(report["device"], report["torch"], flush=True)
-    sections = {"pgd": pgd_cases, "fast-at": fast_at_cases, "mnist": mnist_cases}
+    deadline = time.perf_counter() + args.budget
+    sections: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "pgd": lambda: pgd_cases(args, device),
+        "fast-at": lambda: fast_at_cases(args, device),
+        "peers": lambda: peer_cases(args, device, deadline - args.compile_reserve, on_row),
+    }
+    if args.compile_reserve > 0:
+        sections["compile"] = lambda: pgd_cases(args, device, compiled=True)
+
+    def on_row(row: dict[str, Any]) -> None:  # keep what a killed run has done
+        args.out.write_text(json.dumps({**report, "rows": [*report["rows"], *partial, row]}, indent=2))
+        partial.append(row)
+
+    partial: list[dict[str, Any]] = []
     for key, fn in sections.items():
         if args.only and key not in args.only:
             continue
-        report["rows"] += fn(args, device)
+        partial.clear()
+        try:
+            report["rows"] += fn()
+        except Exception as exc:  # one broken section must not cost the others' numbers
+            print(f"section {key} failed: {type(exc).__name__}: {exc}", flush=True)
+            report.setdefault("failed_sections", {})[key] = f"{type(exc).__name__}: {exc}"
         args.out.write_text(json.dumps(report, indent=2))
+    print_tables(report["rows"])
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
     print("\n| case | variant | n | seconds | per second | robust | peak MB |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for r in report["rows"]:
+    for r in rows:
+        if r.get("status", "ok") != "ok":
+            print(f"| {r['case']} | {r['variant']} | {r['n']} | {r['status']} | - | - | - |")
+            continue
         rate = r.get("images_per_second") or r.get("samples_per_second")
         robust = r.get("robust_accuracy")
-        peak = r.get("peak_mb")
+        peak = r.get("peak_mb", r.get("peak_cuda_mb"))
         print(
             f"| {r['case']} | {r['variant']} | {r['n']} | {r['seconds']:.2f} | "
             f"{'-' if rate is None else f'{rate:.0f}'} | {'-' if robust is None else f'{robust:.1%}'} | "
             f"{'-' if peak is None else f'{peak:.0f}'} |"
         )
+    # advrobust over the fastest peer, per peer case (the CPU benchmarks' ratio).
+    print(
+        "\n| case | advrobust / fastest peer | robust advrobust / peers | peak MB advrobust / leanest peer |"
+    )
+    print("|---|---:|---|---|")
+    cases = dict.fromkeys(r["case"] for r in rows if "peak_cuda_mb" in r or r.get("library"))
+    for case in cases:
+        ok = [r for r in rows if r["case"] == case and r.get("status") == "ok" and "library" in r]
+        ours = [r for r in ok if r["library"] == "advrobust"]
+        peers = [r for r in ok if r["library"] != "advrobust"]
+        if not ours or not peers:
+            continue
+        best = max(peers, key=lambda r: r["images_per_second"])
+        lean = min(peers, key=lambda r: r.get("peak_cuda_mb") or 0.0)
+        ratio = ours[0]["images_per_second"] / best["images_per_second"]
+        robust = " / ".join(f"{r['library']} {r['robust_accuracy']:.1%}" for r in ours + peers)
+        memory = (
+            f"{ours[0].get('peak_cuda_mb', 0):.0f} / {lean.get('peak_cuda_mb', 0):.0f} ({lean['library']})"
+        )
+        print(f"| {case} | {ratio:.2f} ({best['library']}) | {robust} | {memory} |")
 
 
 if __name__ == "__main__":

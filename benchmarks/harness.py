@@ -144,26 +144,32 @@ def step_size(spec: AttackSpec, steps: int = 40) -> float:
 # ----------------------------------------------------------------------------------------------- data
 
 
+def case_device(case: dict[str, Any]) -> torch.device:
+    """The case's device (``"device"``, default the CPU; ``benchmarks/gpu_bench.py`` runs cases on CUDA)."""
+    return torch.device(case.get("device", "cpu"))
+
+
 def load_inputs(case: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
-    """The model (eval mode) and the first ``n`` inputs with their labels."""
+    """The model (eval mode) and the first ``n`` inputs with their labels, on the case's device."""
     import advrobust
 
     n = int(case["n"])
+    device = case_device(case)
     if case["model"] == RESNET_MODEL:
         # The same network and inputs in every run of the case (runs differ in the attack's seed only).
         data_seed = int(case.get("data_seed", case.get("seed", 0)))
         torch.manual_seed(data_seed)
-        model = advrobust.create_model("preact-resnet18", num_classes=10, in_channels=3).eval()
-        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(data_seed))
+        model = advrobust.create_model("preact-resnet18", num_classes=10, in_channels=3).eval().to(device)
+        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(data_seed)).to(device)
         with torch.no_grad():
             # Labels are the model's own predictions: every sample is clean-correct, so no library can
             # skip work on samples that are misclassified to begin with.
             y = torch.cat([model(x[i : i + 64]).argmax(1) for i in range(0, n, 64)])
         return model, x, y
-    model = advrobust.load_model(case["model"], device="cpu").eval()
+    model = advrobust.load_model(case["model"], device=device).eval()
     test = advrobust.load_dataset("mnist", split="test").take(n)
     x = test.images.to(torch.float32).div(255)
-    return model, x, test.labels.clone()
+    return model, x.to(device), test.labels.clone().to(device)
 
 
 # ------------------------------------------------------------------------------------------- adapters
@@ -238,7 +244,7 @@ def advrobust_case(
     counter = iter(range(10**6))
 
     def one(xb: Tensor, yb: Tensor) -> Tensor:
-        generator = torch.Generator().manual_seed(seed * 1000 + next(counter))
+        generator = torch.Generator(device=xb.device).manual_seed(seed * 1000 + next(counter))
         return atk(model, xb, yb, generator=generator)
 
     return lambda: batched(one, x, y, bs), extra
@@ -330,7 +336,7 @@ def art_case(
         input_shape=tuple(x.shape[1:]),
         nb_classes=10,
         clip_values=(0.0, 1.0),
-        device_type="cpu",
+        device_type="gpu" if x.is_cuda else "cpu",
     )
     norm = np.inf if spec.norm == "linf" else 2
     if attack == "fgsm":
@@ -377,10 +383,10 @@ def art_case(
         )
     else:
         raise KeyError(attack)
-    x_np, y_np = x.numpy(), y.numpy()
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
 
     def run() -> Tensor:
-        return torch.from_numpy(np.asarray(atk.generate(x=x_np, y=y_np), dtype=np.float32))
+        return torch.from_numpy(np.asarray(atk.generate(x=x_np, y=y_np), dtype=np.float32)).to(x.device)
 
     try:
         described = repr(atk)[:500]
@@ -396,7 +402,7 @@ def foolbox_case(
 
     torch.manual_seed(seed)
     spec = ATTACKS[attack]
-    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device="cpu")
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     epsilons: float | None = spec.eps
     if attack == "fgsm":
         atk = fb.attacks.FGSM()
@@ -439,7 +445,7 @@ def reference_case(
     spec = ATTACKS[attack]
     norm = autoattack_norm(spec)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    atk = AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, device="cpu")
+    atk = AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, device=x.device)
     describe = [
         f"pyautoattack AutoAttack(version='standard', norm={norm!r}, eps={spec.eps}): "
         + ", ".join(atk.attacks_to_run)
@@ -531,10 +537,21 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     clean_pred = predict(model, x, bs)  # also the warm-up pass
     clean_ok = clean_pred == y
     gc.collect()
+    device = case_device(case)
+    cuda_before = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_before = torch.cuda.memory_allocated(device)
     rss_before = current_rss_kb()
     reset = reset_peak_rss()
     tick = time.perf_counter()
     x_adv = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        # The attack's own device memory: the peak over what was allocated before it (model and inputs).
+        out["peak_cuda_mb"] = (torch.cuda.max_memory_allocated(device) - cuda_before) / 2**20
     seconds = time.perf_counter() - tick
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.update(
