@@ -306,7 +306,7 @@ def main() -> None:
         "--repeat-under", type=float, default=20.0, help="seconds: peer cases under it run twice"
     )
     parser.add_argument(
-        "--case-limit", type=float, default=90.0, help="seconds before a peer case is stopped"
+        "--case-limit", type=float, default=60.0, help="seconds before a peer case is stopped"
     )
     parser.add_argument(
         "--budget", type=float, default=420.0, help="seconds for the whole run (peer cases stop)"
