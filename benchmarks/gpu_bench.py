@@ -113,8 +113,8 @@ def pgd_cases(
         def all_batches(run: Callable[[Tensor, Tensor], Tensor] = run, bs: int = bs) -> Tensor:
             return torch.cat([run(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)])
 
-        _, warm_seconds = timed(lambda run=run, bs=bs: run(x[:bs], y[:bs]), device)  # cuDNN autotuning,
-        # autocast caches, torch.compile's compilation
+        # Warm-up: CUDA's lazy start, autocast caches, torch.compile's compilation.
+        _, warm_seconds = timed(lambda run=run, bs=bs: run(x[:bs], y[:bs]), device)
         peak_reset(device)
         x_adv, seconds = timed(all_batches, device)
         with torch.no_grad():
@@ -153,7 +153,7 @@ def fast_at_cases(args: argparse.Namespace, device: torch.device) -> list[dict[s
             epochs=1, batch_size=args.batch_size, optimizer="sgd", lr=0.1, amp=fast, channels_last=fast,
             robust_val=0,
         )  # fmt: skip
-        # Warm-up on a copy (cuDNN autotuning for these shapes), then the timed epoch from the same weights.
+        # Warm-up on a copy (lazy CUDA start, kernel choices for these shapes), then the timed epoch from the same weights.
         warm = data.take(min(len(data), 3 * args.batch_size))
         train(copy.deepcopy(model), warm, objective=objective, config=config, device=device)
         peak_reset(device)
@@ -319,14 +319,16 @@ def main() -> None:
         help="seconds kept from the peer cases for a last section: PGD with torch.compile (0: no such section)",
     )
     parser.add_argument("--only", action="append", choices=["pgd", "fast-at", "peers", "compile"])
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     args = parser.parse_args()
     if args.quick:
         args.pgd_n, args.train_n, args.batch_size, args.mnist_n, args.mnist_batch = 16, 64, 16, 20, 20
         args.resnet_n = 8
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    # PyTorch's default (off) unless asked: with it on, every new batch size autotunes each convolution, and
+    # advrobust's attacks shrink their batches as samples are fooled (per-sample early stop).
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     report: dict[str, Any] = {
         "script": "benchmarks/gpu_bench.py",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
