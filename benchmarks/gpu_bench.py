@@ -9,9 +9,12 @@ Every case is timed after a warm-up, with ``torch.cuda.synchronize`` around it, 
    peak GPU memory, robust accuracy.
 2. One Fast-AT epoch (eps 8/255) on random CIFAR-shaped data with ``preact-resnet18``: the trainer in fp32
    vs bf16 autocast + channels_last; samples per second, peak GPU memory.
-3. If ``ADVROBUST_DATA`` holds MNIST and ``--models`` the benchmark models: the ``standard`` suite on the
-   first ``--mnist-n`` test images of each, and torchattacks' AutoAttack members with the reference's 100
-   steps, if torchattacks is importable, and the reference AutoAttack (``pyautoattack``) if it is.
+3. The CPU benchmarks' peer cases (``harness.py``: same settings, same checks of every returned example) on
+   the GPU, in this process: FGSM, PGD-40 linf / l2, APGD-CE, CW-L2, Square, the ``standard`` suite against
+   torchattacks, ART, foolbox and the reference AutoAttack (each where installed) on the MNIST benchmark
+   models (``ADVROBUST_DATA`` and ``--models``), and FGSM / PGD-40 on the random ``preact-resnet18``; cheap
+   cases first, cut by ``--budget``.
+4. With ``--compile-reserve``: PGD-40 as in 1 through ``torch.compile`` (its compilation timed apart).
 
 Writes JSON (``--out``) and prints a table.
 """
