@@ -7,9 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from advrobust.contract import check_inputs, check_labels, check_model_io, check_outputs, eval_mode
-from advrobust.errors import InputError
+from advrobust.errors import ConfigError, InputError
 
 
 def test_valid_inputs_pass() -> None:
@@ -99,3 +100,56 @@ def test_an_attack_call_checks_the_model_on_a_probe_of_the_batch() -> None:
     assert seen == [CHECK_PROBE, 100]  # the probe, then the attack's own forward
     with pytest.raises(InputError, match=r"probabilities"):
         FGSM(threat=ThreatModel(eps=0.1))(torch.nn.Sequential(net, torch.nn.Softmax(dim=1)), x, y)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts reads of tensor values on the host (each one waits for a GPU's queue)."""
+
+    READS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if getattr(func, "__name__", "") in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_attack_call_reads_its_checks_back_once() -> None:
+    from advrobust.attacks import FGSM
+    from advrobust.threat import ThreatModel
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    attack = FGSM(threat=ThreatModel(eps=0.1))
+    with _HostReads() as mode:
+        attack(net, x, y)
+    assert mode.reads == ["tolist"]
+    with _HostReads() as mode:
+        attack(net, x, y, targets=(y + 1) % 3)
+    assert mode.reads == ["tolist"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda x, y, t: (x * 255, y, None), InputError, "divide by 255"),
+        (lambda x, y, t: (x.masked_fill(x > 0.9, float("nan")), y, None), InputError, "NaN"),
+        (lambda x, y, t: (x, y + 3, None), InputError, r"labels span \[3, 5\].*3 classes"),
+        (lambda x, y, t: (x, y, t + 3), InputError, r"targets span \[3, 5\]"),
+        (lambda x, y, t: (x, y, y), ConfigError, "targets equal the true labels"),
+    ],
+)
+def test_an_attack_call_names_each_bad_input(change, error: type[Exception], match: str) -> None:  # type: ignore[no-untyped-def]
+    from advrobust.attacks import FGSM
+    from advrobust.threat import ThreatModel
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(20) % 3
+    targets = (y + 1) % 3
+    x, y, targets = change(x, y, targets)
+    with pytest.raises(error, match=match):
+        FGSM(threat=ThreatModel(eps=0.1))(net, x, y, targets=targets)

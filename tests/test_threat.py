@@ -168,3 +168,35 @@ def test_float32_projection_holds_to_1e6_in_mnist_dimensions(norm: str, eps: flo
     assert out.dtype == torch.float32
     assert float(threat.distance(out, x).max()) <= eps + 1e-6
     assert bool(threat.contains(out, x).all())
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0), ("l1", 10.0)])
+def test_an_attacks_inner_projection_differs_from_the_exact_one_by_rounding_only(
+    norm: str, eps: float
+) -> None:
+    # exact=False (PGD's and APGD's steps) skips the float64 re-check: a point may end up a rounding error
+    # outside, never more; the exact projection, which every attack's result passes through, is inside.
+    gen = torch.Generator().manual_seed(5)
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x = torch.rand(512, 1, 28, 28, generator=gen)
+    x_adv = x + torch.randn(512, 1, 28, 28, generator=gen)
+    fast, exact = threat.project(x_adv, x, exact=False), threat.project(x_adv, x)
+    assert float((fast - exact).abs().max()) <= 1e-6
+    assert float(threat.distance(fast, x).max()) <= eps + 1e-5
+    assert bool(threat.contains(exact, x).all())
+    if norm == "linf":
+        assert torch.equal(fast, exact)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_per_sample_budgets_project_like_one_budget_each(norm: str) -> None:
+    gen = torch.Generator().manual_seed(6)
+    threat = ThreatModel(norm=norm, eps=1.0)  # type: ignore[arg-type]
+    x = torch.rand(4, 1, 6, 6, generator=gen)
+    x_adv = x + torch.randn(4, 1, 6, 6, generator=gen)
+    budgets = torch.tensor([0.05, 0.3, 1.0, 3.0])
+    together = threat.project(x_adv, x, budgets)
+    for i, eps in enumerate(budgets.tolist()):
+        alone = ThreatModel(norm=norm, eps=eps).project(x_adv[i : i + 1], x[i : i + 1])  # type: ignore[arg-type]
+        assert torch.allclose(together[i : i + 1], alone, atol=1e-6)
+        assert float(threat.distance(together[i : i + 1], x[i : i + 1])) <= eps + 1e-6

@@ -198,3 +198,26 @@ def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, batch: Ba
         trained_cnn, x.clone().requires_grad_(True), y, None, torch.Generator().manual_seed(0)
     )
     assert torch.equal(plain, attached)
+
+
+def test_a_run_keeps_the_first_fooling_point_else_the_highest_loss() -> None:
+    from advrobust.attacks.pgd import _Run
+
+    x = torch.zeros(3, 1, 1, 1)
+    y = torch.zeros(3, dtype=torch.long)
+    best, best_loss = torch.empty_like(x), torch.full((3,), float("-inf"))
+    run = _Run(x, y, None, torch.arange(3), best, best_loss, whole=True)
+
+    def logits(fooled: list[bool]) -> torch.Tensor:  # class 1 wins where fooled
+        return torch.tensor([[0.0, 1.0] if f else [1.0, 0.0] for f in fooled])
+
+    run.keep(torch.full_like(x, 1.0), logits([False, True, False]), torch.tensor([1.0, 1.0, 1.0]))
+    run.keep(torch.full_like(x, 2.0), logits([False, True, False]), torch.tensor([2.0, 5.0, float("nan")]))
+    run.keep(torch.full_like(x, 3.0), logits([False, False, False]), torch.tensor([0.5, 9.0, 0.5]))
+    assert run.fooled().tolist() == [False, True, False]
+    found = torch.zeros(3, dtype=torch.bool)
+    run.flush(found)
+    # 0: the higher loss of step 2; 1: its first fooling point, final; 2: a NaN loss never wins.
+    assert best.flatten().tolist() == [2.0, 1.0, 1.0]
+    assert found.tolist() == [False, True, False]
+    assert x.eq(0).all()  # the caller's x is never written into

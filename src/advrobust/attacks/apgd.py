@@ -204,9 +204,9 @@ class APGD(Attack):
                 step = _sparse_direction(grad, x_cur, k_frac, threat)
             else:
                 step = steepest_direction(grad, threat.norm)
-            z = threat.project(x_cur + _view(eta, x) * step, x)
+            z = threat.project(x_cur + _view(eta, x) * step, x, exact=False)
             a = 1.0 if i == 0 else self.alpha
-            x_next = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x)
+            x_next = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, exact=False)
             x_prev, x_cur = x_cur, x_next
             grad, logits, loss = self._gradient(model, x_cur, y, goal)
             best.keep_at(rows, x_cur, loss, is_adversarial(logits, y, success_targets))

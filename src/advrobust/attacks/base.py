@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust.attacks.losses import LossName, attack_loss
-from advrobust.contract import check_inputs, check_labels, check_outputs, eval_mode
+from advrobust.contract import check_call, eval_mode
 from advrobust.cpu_grad import fast_input_gradients
 from advrobust.errors import ConfigError
 from advrobust.threat import Norm, ThreatModel, norm_of
@@ -67,19 +67,9 @@ class Attack(ABC):
         return self.threat.project(x_adv.detach(), x)
 
     def _check(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> None:
-        check_inputs(x, self.threat.bounds)
-        check_labels(y, x.shape[0])
         # The model's outputs are checked on a probe of the batch: a full extra forward would cost a
         # one-step attack (FGSM) a third of its time on a ResNet. ``evaluate`` checks every batch in full.
-        probe = x[:CHECK_PROBE]
-        with torch.no_grad(), eval_mode(model):
-            logits = model(probe)
-        check_outputs(logits, probe.shape[0])
-        check_labels(y, x.shape[0], logits.shape[1])
-        if targets is not None:
-            check_labels(targets, x.shape[0], logits.shape[1], what="targets")
-            if bool((targets == y).any()):
-                raise ConfigError("some targets equal the true labels: pick target classes different from y")
+        check_call(model, x, y, targets, self.threat.bounds, CHECK_PROBE)
 
     @abstractmethod
     def run(
