@@ -128,8 +128,12 @@ def test_eval_batch_size_auto(run_dir: Path, tmp_path: Path, capsys: pytest.Capt
     args = ["eval", "--model", str(run_dir), "--data", "mnist-mini", "--n", "40", "--attack", "fgsm"]
     assert main([*args, "--batch-size", "auto", "--json", str(out), "--quiet"]) == 0
     assert load_results(out)[0].meta["batch_size"] == 256  # auto on a CPU
+    capsys.readouterr()
     assert main([*args, "--amp", "--channels-last", "--json", str(out), "--quiet"]) == 0
-    assert load_results(out)[0].meta["acceleration"] == {"amp": True, "channels_last": True, "compile": False}
+    meta = load_results(out)[0].meta
+    assert meta["acceleration"] == {"amp": True, "channels_last": True, "compile": False}
+    assert "report robust accuracy from a float32 run" in meta["amp_note"]
+    assert "warning: --amp ran the model in bf16" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args, "--batch-size", "0"])
     assert "positive integer or auto" in capsys.readouterr().err

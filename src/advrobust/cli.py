@@ -266,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         action="store_true",
         default=None,
-        help="model forwards in bf16 autocast (attack maths stays float32; for GPUs)",
+        help="model forwards in bf16 autocast (attack maths stays float32; for GPUs): faster, but bf16 "
+        "gradients can miss adversarial examples, so report robust accuracy from a float32 run",
     )
     ev.add_argument(
         "--channels-last", action="store_true", default=None, help="channels_last memory format (for GPUs)"
@@ -732,6 +733,14 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"note: {' and '.join(labels)} only bound robust accuracy from above; `--suite standard` "
             "(AutoAttack's recipe) is the full test",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if "amp_note" in first.meta:
+        console.print(
+            f"warning: {first.meta['amp_note']}",
+            style="red",
             markup=False,
             highlight=False,
             soft_wrap=True,

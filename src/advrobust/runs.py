@@ -71,6 +71,14 @@ class TrainOutcome:
     teacher: TrainOutcome | None = None  # the teacher trained first (distillation without --teacher)
 
 
+#: Printed and recorded with every evaluation run under --amp.
+AMP_NOTE = (
+    "--amp ran the model in bf16 for the attacks and for the verdict: bf16's rounded gradients can miss "
+    "adversarial examples (on one GPU, bf16 PGD-40 left 41.9% of a random-weight ResNet's inputs robust where float32 left "
+    "19.9%, benchmarks/RESULTS.md), so report robust accuracy from a float32 run"
+)
+
+
 def load_data(settings: DataSettings, split: str) -> ImageDataset:
     """The data set named in ``settings`` (a registered name or a path to .npz / an image folder)."""
     return load_dataset(
@@ -483,6 +491,8 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
                 "compile": settings.compile,
             },
         }
+        if settings.amp:
+            meta["amp_note"] = AMP_NOTE
     if settings.curve and access != "white-box":
         raise ConfigError(
             f"--curve runs gradient attacks, which {access} access does not allow: drop --curve"
