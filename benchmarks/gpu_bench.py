@@ -206,8 +206,8 @@ RESNET_CASES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-class CaseTimeoutError(Exception):
-    pass
+class CaseTimeoutError(BaseException):
+    """A BaseException, so that a peer library's ``except Exception`` cannot swallow the alarm."""
 
 
 def run_peer_case(case: dict[str, Any], limit: float) -> dict[str, Any]:
@@ -284,7 +284,9 @@ def peer_cases(
             row = dict(min(ok, key=lambda r: r["seconds"])) if ok else dict(runs[-1])
             row.pop("robust_flags", None)
             row["run_seconds"] = [r.get("seconds") for r in runs]
-            row["case"] = f"{attack} {base['model_name']}"
+            row["case"] = f"{attack} {base['model_name']}" + (
+                f" (n={case['n']})" if case["n"] != base["n"] else ""
+            )
             row["variant"] = library
             rows.append(row)
             on_row(row)
@@ -364,6 +366,7 @@ def main() -> None:
             report["rows"] += fn()
         except Exception as exc:  # one broken section must not cost the others' numbers
             print(f"section {key} failed: {type(exc).__name__}: {exc}", flush=True)
+            report["rows"] += partial  # the rows it finished
             report.setdefault("failed_sections", {})[key] = f"{type(exc).__name__}: {exc}"
         args.out.write_text(json.dumps(report, indent=2))
     print_tables(report["rows"])

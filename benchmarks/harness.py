@@ -518,7 +518,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     threads, bs, seed = int(case.get("threads", 2)), int(case["batch_size"]), int(case.get("seed", 0))
     torch.set_num_threads(threads)
     if case.get("eps") is not None:
-        # Another budget for this case: every adapter reads ATTACKS, and this process runs this case only.
+        # Another budget for this case: every adapter reads ATTACKS (a process of its own per case here;
+        # benchmarks/gpu_bench.py, which runs cases in one process, never sets eps).
         base = ATTACKS[attack]
         ATTACKS[attack] = dataclasses.replace(
             base, eps=float(case["eps"]), settings=f"{base.settings} [eps set to {case['eps']}]"

@@ -153,3 +153,36 @@ def test_an_attack_call_names_each_bad_input(change, error: type[Exception], mat
     x, y, targets = change(x, y, targets)
     with pytest.raises(error, match=match):
         FGSM(threat=ThreatModel(eps=0.1))(net, x, y, targets=targets)
+
+
+def test_an_attack_call_reports_bad_inputs_before_a_model_that_fails_on_them() -> None:
+    from advrobust.attacks import FGSM
+    from advrobust.threat import ThreatModel
+
+    class Strict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("this model refuses NaN")
+            return self.linear(x.flatten(1))
+
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    attack = FGSM(threat=ThreatModel(eps=0.1))
+    with pytest.raises(InputError, match="NaN"):
+        attack(Strict(), x.masked_fill(x > 0.5, float("nan")), y)
+    with pytest.raises(ValueError, match="refuses NaN"):  # valid inputs: the model's own error stands
+        attack(nn.Sequential(Strict(), nn.Unflatten(1, (1, 1, 3)), nn.Flatten(), _Fails()), x, y)
+    with pytest.raises(InputError, match=r"labels are on meta.*\.to\(x\.device\)"):
+        attack(Strict(), x, y.to("meta"))
+
+
+def test_huge_finite_float64_logits_are_logits() -> None:
+    check_outputs(torch.tensor([[1e300, -1e300], [0.0, 1.0]], dtype=torch.float64), 2)
+
+
+class _Fails(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("this model refuses NaN, and everything else too")

@@ -174,18 +174,19 @@ def test_float32_projection_holds_to_1e6_in_mnist_dimensions(norm: str, eps: flo
 def test_an_attacks_inner_projection_differs_from_the_exact_one_by_rounding_only(
     norm: str, eps: float
 ) -> None:
-    # exact=False (PGD's and APGD's steps) skips the float64 re-check: a point may end up a rounding error
-    # outside, never more; the exact projection, which every attack's result passes through, is inside.
+    # exact=False (PGD's and APGD's steps) skips the float64 re-check and aims 16 float epsilons inside: its
+    # points lie inside, so the exact projection every attack's result passes through leaves them as they are.
     gen = torch.Generator().manual_seed(5)
     threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
     x = torch.rand(512, 1, 28, 28, generator=gen)
     x_adv = x + torch.randn(512, 1, 28, 28, generator=gen)
     fast, exact = threat.project(x_adv, x, exact=False), threat.project(x_adv, x)
-    assert float((fast - exact).abs().max()) <= 1e-6
-    assert float(threat.distance(fast, x).max()) <= eps + 1e-5
-    assert bool(threat.contains(exact, x).all())
-    if norm == "linf":
+    if norm == "linf":  # one projection for both
         assert torch.equal(fast, exact)
+        return
+    assert float((fast - exact).abs().max()) <= 2e-6
+    assert float(threat.distance(fast, x).max()) <= eps
+    assert torch.equal(threat.project(fast, x), fast)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

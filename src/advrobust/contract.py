@@ -52,12 +52,22 @@ def check_call(
     the first ``probe`` samples, with one read of the device's results for all of them: on a GPU each read
     waits for the queued work, which costs a one-step attack on a small model as much as the attack."""
     _check_input_layout(x)
-    _check_label_layout(y, x.shape[0], "labels")
-    if targets is not None:
-        _check_label_layout(targets, x.shape[0], "targets")
+    for labels, what in ((y, "labels"), (targets, "targets")):
+        if labels is not None:
+            _check_label_layout(labels, x.shape[0], what)
+            if labels.device != x.device:
+                raise InputError(
+                    f"{what} are on {labels.device} and the inputs on {x.device}: move them with .to(x.device)"
+                )
     sample = x[:probe]
-    with torch.no_grad(), eval_mode(model):
-        logits = model(sample)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(sample)
+    except Exception:
+        # The model ran before the values were checked (to read the device once): if it fails, the inputs'
+        # own error, if they have one, is the one to report.
+        _raise_for_inputs(_input_stats(x).tolist(), bounds)
+        raise
     _check_output_layout(logits, sample.shape[0])
     parts = [_input_stats(x), _label_stats(y), _output_stats(logits)]
     if targets is not None:
@@ -154,8 +164,8 @@ def _check_output_layout(logits: Tensor, num_samples: int) -> None:
 def _output_stats(logits: Tensor) -> Tensor:
     """(2,) float64 on the logits' device: whether all are finite, and whether they look like probabilities
     (all >= 0, each row summing to 1 within 1e-3)."""
+    finite = torch.isfinite(logits.detach()).all()  # before float32, which overflows past 3.4e38
     detached = logits.detach().float()
-    finite = torch.isfinite(detached).all()
     sums_to_one = ((detached.sum(dim=1) - 1).abs() <= 1e-3 + 1e-5).all()
     return torch.stack([finite, (detached >= 0).all() & sums_to_one]).double()
 

@@ -210,6 +210,7 @@ def _eligible(module: nn.Module) -> bool:
         and module.groups == 1
         and tuple(module.dilation) == (1, 1)
         and module.in_channels <= MAX_CHANNELS
+        and module.weight.device.type == "cpu"  # on a GPU the class stays: no per-forward checks there
     )
 
 

@@ -75,7 +75,8 @@ class TrainOutcome:
 AMP_NOTE = (
     "--amp ran the model in bf16 for the attacks and for the verdict: bf16's rounded gradients can miss "
     "adversarial examples (on one GPU, bf16 PGD-40 left 41.9% of a random-weight ResNet's inputs robust "
-    "where float32 left 19.9%, benchmarks/RESULTS.md), so report robust accuracy from a float32 run"
+    "where float32 left 19.9%; random weights' tiny logit margins exaggerate it, benchmarks/RESULTS.md), so "
+    "report robust accuracy from a float32 run"
 )
 
 

@@ -135,14 +135,19 @@ class ThreatModel:
         """The nearest-in-spirit feasible point: project onto the eps-ball around x, then clip to bounds.
 
         Clipping to the box only moves each coordinate towards x (which lies in the box), so it never
-        increases the perturbation's norm: the result lies in both sets. ``exact=False`` skips the float64
-        re-check of l2 / l1 norms, so rounding may leave a point about 1e-7 outside: for an attack's inner
-        steps (a third fewer kernels per l2 step), whose result ``Attack.__call__`` projects exactly.
+        increases the perturbation's norm: the result lies in both sets. ``exact=False`` (an attack's inner
+        steps, whose result ``Attack.__call__`` projects exactly; a third fewer kernels per l2 step) skips the
+        float64 re-check of l2 / l1 norms for float32 / float64 points and aims 16 float epsilons inside
+        instead, which rounding in ``x + delta`` almost never undoes (and then by about 1e-7); half-precision
+        points get the re-check either way.
         """
         radius = self.eps if eps is None else eps
+        inner = not exact and self.norm != "linf" and x_adv.dtype in (torch.float32, torch.float64)
+        if inner:
+            radius = radius * (1 - 16 * torch.finfo(x_adv.dtype).eps)
         delta = project_delta(x_adv - x, self.norm, radius)
         out = self.clamp(x + delta)
-        if self.norm == "linf" or not exact:
+        if self.norm == "linf" or inner:
             return out
         # Rounding in x + delta can push an l2/l1 norm a hair past eps; shrink those samples back inside.
         size = self.distance(out, x)

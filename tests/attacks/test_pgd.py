@@ -221,3 +221,19 @@ def test_a_run_keeps_the_first_fooling_point_else_the_highest_loss() -> None:
     assert best.flatten().tolist() == [2.0, 1.0, 1.0]
     assert found.tolist() == [False, True, False]
     assert x.eq(0).all()  # the caller's x is never written into
+
+
+def test_an_infinite_loss_without_fooling_is_not_taken_for_a_fooled_sample() -> None:
+    # A half-precision DLR can divide by a denominator rounded to zero: +inf must still mean "fooled" only.
+    from advrobust.attacks.pgd import _Run
+
+    x, y = torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long)
+    best, best_loss = torch.empty_like(x), torch.full((2,), float("-inf"))
+    run = _Run(x, y, None, torch.arange(2), best, best_loss, whole=True)
+    not_fooled = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    run.keep(torch.full_like(x, 1.0), not_fooled, torch.tensor([float("inf"), 1.0]))
+    run.keep(torch.full_like(x, 2.0), not_fooled, torch.tensor([5.0, 2.0]))
+    assert run.fooled().tolist() == [False, False]
+    run.flush(found := torch.zeros(2, dtype=torch.bool))
+    assert found.tolist() == [False, False]
+    assert best.flatten().tolist() == [1.0, 2.0]  # the capped +inf stays the highest loss of sample 0

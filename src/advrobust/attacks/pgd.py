@@ -64,7 +64,10 @@ class PGD(Attack):
         # Every row is written back by the end of the first restart: no copy of x needed (fewer pages
         # touched while the attack's own tensors are alive).
         best = torch.empty_like(x)
-        best_loss = torch.full((n,), float("-inf"), device=x.device)
+        # float64 losses stay float64; half-precision ones widen to float32.
+        best_loss = torch.full(
+            (n,), float("-inf"), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)
+        )
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
             # Each restart attacks only the samples no earlier restart fooled (one sync per restart).
@@ -106,9 +109,9 @@ class _Run:
     A fooling point beats any other and is final; among the rest, the higher loss wins. ``rows`` index the
     full batch; results go back into ``best`` / ``best_loss`` / ``found`` when samples leave or at the end.
     ``loss`` holds each sample's best loss, or +inf once a fooling point is kept: one comparison then says
-    both "fooled" and "better", six kernels per step instead of nine (a small model on a GPU is
-    launch-bound). A finite loss never equals +inf: cross-entropy is infinite only where the true class has
-    probability 0, i.e. where the model is already fooled.
+    both "fooled" and "better", seven kernels per step instead of nine (a small model on a GPU is
+    launch-bound). Losses of samples not fooled are capped at the largest finite value, so +inf means fooled
+    only (a half-precision DLR can divide by a rounded-to-zero denominator).
     """
 
     def __init__(
@@ -135,7 +138,8 @@ class _Run:
 
     def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
         success = is_adversarial(logits, self.y, self.targets)
-        score = torch.where(success, math.inf, loss.to(self.loss.dtype))
+        kept = self.loss.dtype
+        score = torch.where(success, math.inf, loss.to(kept).clamp_max(torch.finfo(kept).max))
         better = score > self.loss  # never once fooled: nothing beats +inf
         mask = better.reshape(-1, *([1] * (point.dim() - 1)))
         if self.own:  # update in place: one buffer for the whole run instead of a new one per step
