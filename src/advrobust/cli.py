@@ -737,22 +737,11 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    if "amp_note" in first.meta:
-        console.print(
-            f"warning: {first.meta['amp_note']}",
-            style="red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-    if "adaptive_note" in first.meta:
-        console.print(
-            f"warning: {first.meta['adaptive_note']}",
-            style="red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    for note in ("amp_note", "adaptive_note"):
+        if note in first.meta:
+            console.print(
+                f"warning: {first.meta[note]}", style="red", markup=False, highlight=False, soft_wrap=True
+            )
     if outcome.curve is not None:
         curve = outcome.curve
         chart = Table(title=f"Robustness curve ({curve.norm}; from {', '.join(curve.sources)})")
