@@ -154,7 +154,7 @@ class _Run:
 
     def flush(self, found: Tensor) -> None:
         self.best.index_copy_(0, self.rows, self.point.to(self.best.dtype))
-        self.best_loss.index_copy_(0, self.rows, self.loss.to(self.best_loss.dtype))
+        self.best_loss.index_copy_(0, self.rows, self.loss)  # its own dtype: a slice or clone of best_loss
         found.index_copy_(0, self.rows, self.fooled())
 
     def compact(self, found: Tensor) -> Tensor | None:
