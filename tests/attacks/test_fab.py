@@ -9,7 +9,7 @@ from scipy.optimize import linprog, minimize
 from torch import nn
 
 from advrobust.attacks import FAB, PGD, DeepFool
-from advrobust.attacks.fab import project_hyperplane_box
+from advrobust.attacks.fab import _target_gap, project_hyperplane_box
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
 
@@ -175,6 +175,44 @@ def test_fab_t_over_runner_up_classes(
     assert float(three.median()) <= 1.1 * float(fab_linf[1].median())
 
 
+def test_target_gap_against_the_strongest_rival_or_the_label() -> None:
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    x = torch.rand(5, 1, 3, 4)
+    goal, label = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([1, 2, 3, 0, 2])
+    weight = linear[1].weight.detach()
+    logits = linear(x).detach()
+    gap, grad, _ = _target_gap(linear, x, goal, label)
+    rows = torch.arange(5)
+    torch.testing.assert_close(gap.squeeze(1), logits[rows, goal] - logits[rows, label])
+    torch.testing.assert_close(grad.reshape(5, 12), weight[goal] - weight[label])
+    rival = logits.scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
+    gap, grad, _ = _target_gap(linear, x, goal)
+    torch.testing.assert_close(gap.squeeze(1), logits[rows, goal] - logits[rows, rival])
+    torch.testing.assert_close(grad.reshape(5, 12), weight[goal] - weight[rival])
+
+
+def test_fab_t_rivals_agree_until_the_iterate_leaves_the_true_class(
+    trained_cnn: nn.Module, small: Batch
+) -> None:
+    # Both linearise the same boundary at the (correctly classified) input, so one step gives the same point;
+    # later steps, from iterates in a third class, differ. Both only report misclassified points.
+    x, y = small
+    threat = ThreatModel(norm="l2", eps=1.5)
+    runs = {}
+    for steps in (1, 20):
+        for rival in ("strongest", "label"):
+            attack = FAB(threat=threat, steps=steps, targeted=True, n_target_classes=3, rival=rival)
+            runs[steps, rival] = attack.run_min_norm(trained_cnn, x, y)
+    assert torch.equal(runs[1, "strongest"][1], runs[1, "label"][1])
+    assert not torch.equal(runs[20, "strongest"][1], runs[20, "label"][1])
+    for x_adv, distance in runs.values():
+        found = torch.isfinite(distance)
+        assert bool((predict(trained_cnn, x_adv)[found] != y[found]).all())
+    found = torch.isfinite(runs[20, "label"][1])
+    assert float(found.float().mean()) > 0.9
+
+
 def test_restarts_only_improve_and_seed_reproduces(trained_cnn: nn.Module, small: Batch) -> None:
     x, y = small
     x, y = x[:32], y[:32]
@@ -199,3 +237,5 @@ def test_errors() -> None:
         FAB(threat=ThreatModel(), restarts=0)
     with pytest.raises(ConfigError, match="eta"):
         FAB(threat=ThreatModel(), beta=1.5)
+    with pytest.raises(ConfigError, match="rival must be one of strongest, label"):
+        FAB(threat=ThreatModel(), rival="true")  # type: ignore[arg-type]

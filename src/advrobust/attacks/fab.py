@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -75,15 +76,26 @@ def _crossing_by_sort(limit: Tensor, weight: Tensor, need: Tensor) -> Tensor:
     return ((need - filled.gather(1, at)) / tail.gather(1, at).clamp_min(1e-30)).clamp_min(0)
 
 
-def _target_gap(model: nn.Module, x: Tensor, goal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gap ``z_goal - max_{j != goal} z_j``, its input gradient, and the logits.
+Rival = Literal["strongest", "label"]
+RIVALS: tuple[str, ...] = get_args(Rival)
+
+
+def _target_gap(
+    model: nn.Module, x: Tensor, goal: Tensor, label: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gap ``z_goal - max_{j != goal} z_j`` (or ``z_goal - z_label`` given ``label``), its input gradient,
+    and the logits.
 
     Shape: -> (N, 1), (N, 1, C, H, W), (N, K).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        rival = logits.detach().scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
+        rival = (
+            label
+            if label is not None
+            else logits.detach().scatter(1, goal.unsqueeze(1), float("-inf")).argmax(dim=1)
+        )
         gap = logits.gather(1, goal.unsqueeze(1)) - logits.gather(1, rival.unsqueeze(1))
         (grad,) = torch.autograd.grad(gap.sum(), x)
     return gap.detach(), grad.unsqueeze(1), logits.detach()
@@ -98,8 +110,9 @@ def _expand(per_sample: Tensor, like: Tensor) -> Tensor:
 class FAB(Attack):
     """Fast adaptive boundary attack (Croce & Hein, 2020, arXiv:1907.02044), linf and l2; FAB-T if targeted.
 
-    Each step linearises the nearest boundary (untargeted: over all classes; FAB-T: the target against its
-    strongest rival), projects both the iterate and the original input onto it within the box, and mixes the
+    Each step linearises the nearest boundary (untargeted: over all classes; FAB-T: the target against
+    ``rival``, its strongest other class or, with ``"label"``, the true class as in AutoAttack's code; the two
+    agree while the iterate is classified correctly), projects both the iterate and the original input onto it within the box, and mixes the
     two steps (weight capped by ``alpha_max``, extrapolated by ``eta``); once fooled, the iterate moves back
     towards the input by ``beta``. Restart 0 starts at the input, later ones at a random point at distance
     ``min(best, eps) / 2``. FAB-T without ``targets`` runs once per runner-up class (the ``n_target_classes``
@@ -117,6 +130,7 @@ class FAB(Attack):
     beta: float = 0.9
     targeted: bool = False
     n_target_classes: int = 9
+    rival: Rival = "strongest"
 
     def __post_init__(self) -> None:
         if self.threat.norm == "l1":
@@ -125,6 +139,8 @@ class FAB(Attack):
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
             raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
+        if self.rival not in RIVALS:
+            raise ConfigError(f"rival must be one of {', '.join(RIVALS)}, got {self.rival!r}")
         if self.n_target_classes < 1:
             raise ConfigError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
         if not 0 <= self.alpha_max <= 1:
@@ -264,7 +280,7 @@ class FAB(Attack):
                 aim = None if goal is None else goal[subset]
             if aim is None:
                 return logit_gaps(model, points, labels, others)
-            return _target_gap(model, points, aim)
+            return _target_gap(model, points, aim, labels if self.rival == "label" else None)
 
         # FAB-T (one gradient per linearisation): while few samples are fooled per step, the forward that
         # linearises the boundary at the new iterate also says whether it fools the model, and only the
