@@ -23,6 +23,11 @@ def test_standard_recipe_follows_autoattack() -> None:
     assert linf[1].params()["n_target_classes"] == 9
     assert linf[2].params()["targeted"] and linf[3].params()["queries"] == 5000
     assert [a.name for a in build_suite("standard", ThreatModel(norm="l1", eps=10.0))] == ["apgd", "apgd"]
+    # l2 runs FAB-T against the strongest rival and, on what stands, against the true class (AutoAttack's).
+    l2 = build_suite("standard", ThreatModel(norm="l2", eps=2.0))
+    assert [a.name for a in l2] == ["apgd", "apgd", "fab", "fab", "square"]
+    assert [a.params()["rival"] for a in l2[2:4]] == ["strongest", "label"]
+    assert linf[2].params()["rival"] == "strongest"
     assert [a.name for a in build_suite("quick", ThreatModel(eps=0.3))] == ["apgd"]
     with pytest.raises(ConfigError):
         build_suite("everything", ThreatModel())
@@ -33,6 +38,9 @@ def test_every_attack_of_a_suite_has_its_own_label() -> None:
 
     labels = [attack_label(a.name, a.params()) for a in build_suite("standard", ThreatModel(eps=0.3))]
     assert labels == ["apgd-100", "apgd-t-dlr-100", "fab-t-100", "square"]
+    l2 = build_suite("standard", ThreatModel(norm="l2", eps=2.0))
+    labels = [attack_label(a.name, a.params()) for a in l2]
+    assert labels == ["apgd-100", "apgd-t-dlr-100", "fab-t-100", "fab-t-label-100", "square"]
     untargeted = create_attack("apgd", threat=ThreatModel(eps=0.3), loss="dlr", steps=100)
     assert attack_label(untargeted.name, untargeted.params()) == "apgd-dlr-100"  # not APGD-T's column
     assert (

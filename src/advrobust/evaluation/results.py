@@ -52,8 +52,9 @@ class Accuracy:
 
 
 def attack_label(name: str, params: dict[str, Any]) -> str:
-    """``pgd-40``, ``apgd-dlr-100``, ``apgd-t-dlr-100``, ``fab-t-100``, ``fgsm``: an attack's name, ``-t`` when
-    it is targeted, its loss where not cross-entropy, and its step count."""
+    """``pgd-40``, ``apgd-dlr-100``, ``apgd-t-dlr-100``, ``fab-t-100``, ``fab-t-label-100``, ``fgsm``: an
+    attack's name, ``-t`` when it is targeted, its loss where not cross-entropy, FAB's rival where not the
+    strongest class, and its step count."""
     inner = params.get("attack")
     if isinstance(inner, dict) and isinstance(inner.get("name"), str):
         rest = {k: v for k, v in inner.items() if k != "name"}
@@ -64,6 +65,9 @@ def attack_label(name: str, params: dict[str, Any]) -> str:
     loss = params.get("loss")
     if isinstance(loss, str) and loss != "ce" and name in ("apgd", "pgd"):
         label += f"-{loss}"
+    rival = params.get("rival")
+    if name == "fab" and isinstance(rival, str) and rival != "strongest":
+        label += f"-{rival}"
     steps = params.get("steps")
     if isinstance(steps, int):
         label += f"-{steps}"
