@@ -2,6 +2,6 @@
 
 import sys
 
-from advrobust.cli import main
+from advrobust.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from advrobust import __version__, distributed
+from advrobust.allocator import tune_malloc
 from advrobust.errors import AdvrobustError
 
 #: Console width when the output is not a terminal.
@@ -969,5 +970,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.shutdown(wait=finished)
 
 
+def run() -> int:
+    """The ``advrobust`` command itself: glibc's malloc thresholds raised for this process (unless the user
+    chose an allocator, ``advrobust.allocator``), then ``main`` on the command line."""
+    tune_malloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
