@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -54,7 +55,7 @@ def _faults_per_step(mode: str, **env: str) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_the_command_stops_the_page_faults_of_each_step() -> None:
     default = _faults_per_step("library")  # importing advrobust changes nothing
     tuned = _faults_per_step("run")
@@ -70,6 +71,8 @@ def test_user_choices_are_respected() -> None:
     assert user_chose_allocator({OPT_OUT: "default"})
     assert user_chose_allocator({"MALLOC_TRIM_THRESHOLD_": "0"})
     assert user_chose_allocator({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"})
+    assert not user_chose_allocator({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=2048"})
+    assert user_chose_allocator({"MALLOC_ARENA_MAX": "2"})
     assert user_chose_allocator({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
     assert tune_malloc(environ={OPT_OUT: "default"}) is False
 

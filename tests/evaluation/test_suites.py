@@ -43,6 +43,9 @@ def test_every_attack_of_a_suite_has_its_own_label() -> None:
     assert labels == ["apgd-100", "apgd-t-dlr-100", "fab-t-100", "fab-t-label-100", "square"]
     untargeted = create_attack("apgd", threat=ThreatModel(eps=0.3), loss="dlr", steps=100)
     assert attack_label(untargeted.name, untargeted.params()) == "apgd-dlr-100"  # not APGD-T's column
+    # Untargeted FAB linearises against every class: its rival setting does nothing, so no second name.
+    plain_fab = create_attack("fab", threat=ThreatModel(eps=0.3), steps=100, rival="label")
+    assert attack_label(plain_fab.name, plain_fab.params()) == "fab-100"
     assert (
         attack_label("bpda", {"attack": {"name": "pgd", "steps": 40, "loss": "margin"}})
         == "bpda(pgd-margin-40)"

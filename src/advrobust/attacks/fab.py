@@ -112,7 +112,8 @@ class FAB(Attack):
 
     Each step linearises the nearest boundary (untargeted: over all classes; FAB-T: the target against
     ``rival``, its strongest other class or, with ``"label"``, the true class as in AutoAttack's code; the two
-    agree while the iterate is classified correctly), projects both the iterate and the original input onto it within the box, and mixes the
+    agree while the iterate is classified correctly), projects both the iterate and the original input onto
+    it within the box, and mixes the
     two steps (weight capped by ``alpha_max``, extrapolated by ``eta``); once fooled, the iterate moves back
     towards the input by ``beta``. Restart 0 starts at the input, later ones at a random point at distance
     ``min(best, eps) / 2``. FAB-T without ``targets`` runs once per runner-up class (the ``n_target_classes``
@@ -272,6 +273,7 @@ class FAB(Attack):
         best = x0.clone()
         best_distance = torch.full((n,), float("inf"), dtype=torch.float64, device=x0.device)
         flat0 = x0.flatten(1)
+        against_label = self.rival == "label"
 
         def linearise(points: Tensor, subset: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
             labels, others, aim = y, rivals, goal
@@ -280,7 +282,7 @@ class FAB(Attack):
                 aim = None if goal is None else goal[subset]
             if aim is None:
                 return logit_gaps(model, points, labels, others)
-            return _target_gap(model, points, aim, labels if self.rival == "label" else None)
+            return _target_gap(model, points, aim, labels if against_label else None)
 
         # FAB-T (one gradient per linearisation): while few samples are fooled per step, the forward that
         # linearises the boundary at the new iterate also says whether it fools the model, and only the

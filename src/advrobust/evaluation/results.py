@@ -66,7 +66,7 @@ def attack_label(name: str, params: dict[str, Any]) -> str:
     if isinstance(loss, str) and loss != "ce" and name in ("apgd", "pgd"):
         label += f"-{loss}"
     rival = params.get("rival")
-    if name == "fab" and isinstance(rival, str) and rival != "strongest":
+    if name == "fab" and params.get("targeted") is True and isinstance(rival, str) and rival != "strongest":
         label += f"-{rival}"
     steps = params.get("steps")
     if isinstance(steps, int):
