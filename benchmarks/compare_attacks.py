@@ -9,8 +9,10 @@ advrobust's PGD drops a sample once it is fooled (its result is then final), whi
 within a step or two, so its ResNet PGD numbers measure that early exit, not the cost of a step.
 
 Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): images per second of the
-attack alone, peak RSS over the set-up level, robust accuracy recomputed from the returned examples, and
-every returned example checked against the eps-ball (eps + 1e-6) and [0, 1]. A library without the attack
+attack alone, peak RSS over the set-up level (the set-up includes one unmeasured call of the attack on
+``--warmup-n`` images, default 8, so that code pages and first-call set-up are not counted), robust
+accuracy recomputed from the returned examples, and every returned example checked against the eps-ball
+(eps + 1e-6) and [0, 1]. A library without the attack
 is "n/a". The settings each library is given are in the JSON (``settings``) and in ``harness.ATTACKS``.
 Run k of a case uses seed + k in every library: times are the fastest run's, robust accuracies (and the
 differences between libraries) the mean over the runs, since one draw of a random start moves them by ~1 point.
@@ -69,6 +71,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warmup-n",
+        type=int,
+        default=8,
+        help="each case first runs its attack on this many images, unmeasured (0: the first call is measured, "
+        "with the code pages and set-up it pays once per process)",
+    )
     parser.add_argument("--attacks", default=",".join(MNIST_ATTACKS), help="comma-separated subset")
     parser.add_argument("--libraries", default=",".join(harness.LIBRARIES), help="comma-separated subset")
     parser.add_argument(
@@ -105,6 +114,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "resnet_batch_size": args.resnet_batch_size,
         "seed": args.seed,
+        "warmup_n": args.warmup_n,
         "n": args.n,
         "limits": {f"{k[0]}:{k[1]}": v for k, v in limits.items()},
         "autoattack_from": str(args.autoattack_from) if args.autoattack_from else None,
@@ -123,6 +133,7 @@ def main() -> None:
             "batch_size": batch_size,
             "threads": args.threads,
             "seed": args.seed,
+            "warmup_n": args.warmup_n,
         }
 
     # Entries in table order: a spec to run, or a result reused from autoattack_mnist.py's JSON.

@@ -1,7 +1,8 @@
 """Shared harness of the peer benchmarks: one (library, attack, model) case per fresh Python process.
 
 A case runs in its own subprocess so that its peak memory is its own: after the set-up (imports, model,
-data, the library's wrapper, one warm-up forward pass) the process's RSS high-water mark is reset
+data, the library's wrapper, one warm-up forward pass and, with ``warmup_n``, one call of the attack on that
+many images) the process's RSS high-water mark is reset
 (``/proc/self/clear_refs``), the attack runs over all images in batches, and ``resource.getrusage`` gives
 the peak. Every returned example is checked against the threat model (eps + 1e-6 in the attack's norm,
 inside [0, 1]), and robust accuracy is recomputed here from the model's predictions on the returned
@@ -529,6 +530,19 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if attack not in AVAILABLE[library]:
         return {**out, "status": "n/a"}
     model, x, y = load_inputs(case)
+    warmup_n = min(int(case.get("warmup_n", 0)), len(x))
+    if warmup_n > 0:
+        # The same attack once on the first images, in every library, before the measurement: the first
+        # backward's set-up and the code pages of the kernels the library calls (file-backed pages of
+        # libtorch, 5-9 MB on the MNIST models, more the more distinct kernels) are paid here, so that the
+        # peak RSS rise is the attack's own working memory. ``warmup_n`` 0 measures them too.
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        warm, _ = ADAPTERS[library](attack, model, x[:warmup_n], y[:warmup_n], bs, seed)
+        warm()
+        del warm
+        out["warmup_n"] = warmup_n
     # Every library's global RNGs get this run's seed (torchattacks and foolbox draw random starts from
     # torch's, ART from numpy's); advrobust gets it through its generators.
     random.seed(seed)

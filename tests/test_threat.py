@@ -189,6 +189,27 @@ def test_an_attacks_inner_projection_differs_from_the_exact_one_by_rounding_only
     assert torch.equal(threat.project(fast, x), fast)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0), ("l2", 0.05), ("l1", 10.0)])
+def test_the_in_place_inner_projection_gives_the_same_values(
+    norm: str, eps: float, dtype: torch.dtype
+) -> None:
+    # PGD's step writes into its own buffer: bit for bit what project(..., exact=False) returns, in place
+    # for linf / l2 in float32 / float64 (the caller's x untouched), a new tensor otherwise.
+    gen = torch.Generator().manual_seed(12)
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x = torch.rand(256, 1, 28, 28, generator=gen).to(dtype)
+    x_adv = (x.float() + torch.randn(256, 1, 28, 28, generator=gen)).to(dtype)
+    x_adv[:8] = x[:8]  # some points already inside the ball (and the box)
+    x_before, expected = x.clone(), threat.project(x_adv, x, exact=False)
+    buffer = x_adv.clone()
+    out = threat.project_inner_(buffer, x)
+    assert torch.equal(out, expected)
+    assert torch.equal(x, x_before)
+    in_place = norm != "l1" and dtype != torch.bfloat16
+    assert (out.data_ptr() == buffer.data_ptr()) == in_place
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_per_sample_budgets_project_like_one_budget_each(norm: str) -> None:
     gen = torch.Generator().manual_seed(6)

@@ -165,6 +165,23 @@ class ThreatModel:
         shrunk = self.clamp(x + (out - x) * factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))))
         return torch.where(over.reshape(-1, *([1] * (x.dim() - 1))), shrunk, out)
 
+    def project_inner_(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """``project(x_adv, x, exact=False)`` written into ``x_adv`` (linf and l2, float32 / float64 points;
+        other cases return a new tensor, as ``project``): the same operations in the same order, so the same
+        values, without an image-sized buffer per operation. ``x_adv`` must be the caller's own buffer.
+        """
+        if self.norm == "l1" or x_adv.dtype not in (torch.float32, torch.float64):
+            return self.project(x_adv, x, exact=False)
+        delta = x_adv.sub_(x)
+        if self.norm == "linf":
+            delta.clamp_(-self.eps, self.eps)
+        else:
+            radius = self.eps * (1 - 16 * torch.finfo(x_adv.dtype).eps)
+            size = norm_of(delta, "l2")
+            factor = torch.where(size > radius, radius / size.clamp_min(1e-12), 1.0)
+            delta.mul_(_expand(factor, delta))
+        return delta.add_(x).clamp_(self.bounds[0], self.bounds[1])
+
     def random_init(
         self, x: Tensor, generator: torch.Generator | None = None, *, clip: bool = True
     ) -> Tensor:

@@ -189,6 +189,37 @@ def test_every_sample_gets_its_own_point_before_the_projection(
     assert torch.equal(raw, attack(trained_cnn, x, y, generator=torch.Generator().manual_seed(0)))
 
 
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0), ("l1", 6.0)])
+@pytest.mark.parametrize("random_start", [True, False])
+def test_steps_written_in_place_leave_the_inputs_alone_and_match_the_plain_formula(
+    trained_cnn: nn.Module, batch: Batch, norm: str, eps: float, random_start: bool
+) -> None:
+    # PGD writes each step and its projection into its own buffer. The caller's x must come back untouched,
+    # and one step (no sample can leave after it) must equal the textbook formula computed out of place.
+    from advrobust.attacks.base import input_gradient, steepest_direction
+
+    x, y = batch
+    x_before = x.clone()
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    one = PGD(threat=threat, steps=1, random_start=random_start)
+    got = one.run(trained_cnn, x, y, None, torch.Generator().manual_seed(3))
+    assert torch.equal(x, x_before)
+    start = threat.random_start(x, torch.Generator().manual_seed(3)) if random_start else x.clone()
+    grad, _, _ = input_gradient(trained_cnn, start, y, None, "ce")
+    stepped = threat.project(start + one.alpha * steepest_direction(grad, norm), x, exact=False)  # type: ignore[arg-type]
+    with torch.no_grad():
+        fooled_start = trained_cnn(start).argmax(1) != y
+        loss_start = nn.functional.cross_entropy(trained_cnn(start), y, reduction="none")
+        loss_step = nn.functional.cross_entropy(trained_cnn(stepped), y, reduction="none")
+    # Each sample keeps the start if it already fooled the model, else the point with the higher loss.
+    keep_start = fooled_start | (loss_start >= loss_step) & (trained_cnn(stepped).argmax(1) == y)
+    expected = torch.where(keep_start.reshape(-1, 1, 1, 1), start, stepped)
+    assert torch.equal(got, expected)
+    many = PGD(threat=threat, steps=12, restarts=2, random_start=random_start)
+    many(trained_cnn, x, y, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(x, x_before)
+
+
 def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, batch: Batch) -> None:
     # ``run`` is public to subclasses and wrappers: an x still attached to a graph must work as a plain one.
     x, y = batch

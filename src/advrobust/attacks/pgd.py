@@ -79,9 +79,12 @@ class PGD(Attack):
             for i in range(self.steps):
                 grad, logits, loss = input_gradient(model, x_adv, run.y, run.targets, self.loss)
                 run.keep(x_adv, logits, loss)
-                step = x_adv + self.alpha * steepest_direction(grad, threat.norm)
-                x_adv = threat.project(step, run.x, exact=False)
+                direction = steepest_direction(grad, threat.norm).mul_(self.alpha)
                 del grad  # not kept alive through the next step's backward (the peak of memory)
+                # x_adv is this run's own buffer (a random start, a clone or a compacted copy): the step and
+                # the projection write into it instead of allocating an image-sized tensor per operation.
+                x_adv = threat.project_inner_(x_adv.add_(direction), run.x)
+                del direction
                 if i + 1 < self.steps and _is_check(i + 1):
                     # Per-sample early stop: a fooled sample's result is final, so it leaves the batch.
                     keep_rows = run.compact(found)
