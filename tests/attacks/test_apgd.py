@@ -203,3 +203,35 @@ def test_fooled_samples_leave_the_run_without_changing_the_others(
     strong = APGD(threat=ThreatModel(eps=0.3), steps=100)(counted, x, y, generator=seeded(0))
     assert not bool(correct(trained_cnn, strong, y).any())
     assert counted.samples < 0.3 * 100 * x.shape[0]
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
+def test_a_step_built_in_place_matches_the_formula_and_leaves_the_inputs_alone(
+    trained_cnn: nn.Module, batch: Batch, norm: str, eps: float
+) -> None:
+    # APGD builds z = P(x0 + eta sign(g)) and x1 = P(x0 + 1 (z - x0) + 0 (x0 - x0)) in its direction's
+    # buffer: one step must equal the formula computed out of place, and x must come back untouched.
+    from advrobust.attacks.base import input_gradient, steepest_direction
+
+    x, y = batch
+    keep = correct(trained_cnn, x, y)  # samples fooled at x are not attacked: leave them out here
+    x, y = x[keep], y[keep]
+    x_before = x.clone()
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    got = APGD(threat=threat, steps=1).run(trained_cnn, x, y, None, seeded(5))
+    assert torch.equal(x, x_before)
+    start = threat.random_init(x, seeded(5))
+    grad, logits, loss0 = input_gradient(trained_cnn, start, y, None, "ce")
+    z = threat.project(start + 2 * eps * steepest_direction(grad, norm), x, exact=False)  # type: ignore[arg-type]
+    stepped = threat.project(start + 1.0 * (z - start) + 0.0 * (start - start), x, exact=False)
+    _, logits1, loss1 = input_gradient(trained_cnn, stepped, y, None, "ce")
+    fooled0, fooled1 = logits.argmax(1) != y, logits1.argmax(1) != y
+    take_step = ~fooled0 & (fooled1 | (loss1 > loss0))
+    assert torch.equal(got, torch.where(take_step.reshape(-1, 1, 1, 1), stepped, start))
+    for attack in (
+        APGD(threat=threat, steps=20, restarts=2),
+        APGD(threat=threat, loss="dlr", targeted=True, n_target_classes=2, steps=10),
+        APGD(threat=ThreatModel(norm="l1", eps=8.0), steps=10),
+    ):
+        attack(trained_cnn, x, y, generator=seeded(6))
+        assert torch.equal(x, x_before)

@@ -51,7 +51,10 @@ class _Best:
 
     def keep(self, point: Tensor, loss: Tensor, success: Tensor) -> None:
         better = ~self.found & (success | (loss > self.loss))
-        self.point = torch.where(_view(better, point), point, self.point)
+        if point.dtype == self.point.dtype:  # self.point is this object's own buffer: updated in place
+            torch.where(_view(better, point), point, self.point, out=self.point)
+        else:
+            self.point = torch.where(_view(better, point), point, self.point)
         self.loss = torch.where(better, loss, self.loss)
         self.found = self.found | success
 
@@ -204,9 +207,14 @@ class APGD(Attack):
                 step = _sparse_direction(grad, x_cur, k_frac, threat)
             else:
                 step = steepest_direction(grad, threat.norm)
-            z = threat.project(x_cur + _view(eta, x) * step, x, exact=False)
+            # z = P(x_cur + eta step) and x_next = P(x_cur + a (z - x_cur) + (1 - a)(x_cur - x_prev)), built in
+            # the direction's own buffer by the same operations in the same order (the same values) instead
+            # of an image-sized tensor per operation.
+            z = threat.project_inner_(step.mul_(_view(eta, x)).add_(x_cur), x)
             a = 1.0 if i == 0 else self.alpha
-            x_next = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, exact=False)
+            momentum = torch.sub(x_cur, x_prev).mul_(1 - a)
+            x_next = threat.project_inner_(z.sub_(x_cur).mul_(a).add_(x_cur).add_(momentum), x)
+            del step, z, momentum
             x_prev, x_cur = x_cur, x_next
             grad, logits, loss = self._gradient(model, x_cur, y, goal)
             best.keep_at(rows, x_cur, loss, is_adversarial(logits, y, success_targets))
