@@ -60,13 +60,10 @@ def test_projection_matches_a_generic_solver(norm: str) -> None:
     w[rng.uniform(size=(rows, dims)) < 0.2] = 0.0
     b = (w * rng.uniform(0, 1, (rows, dims))).sum(1)  # planes through a point of the box
     b[0] = w[0] @ point[0]  # the point already lies on the plane
-    d = project_hyperplane_box(
-        torch.tensor(point),
-        torch.tensor(w),
-        torch.tensor(b),
-        norm,
-        (0.0, 1.0),  # type: ignore[arg-type]
-    ).numpy()
+    inputs = torch.tensor(point), torch.tensor(w), torch.tensor(b)
+    d = project_hyperplane_box(*inputs, norm, (0.0, 1.0)).numpy()  # type: ignore[arg-type]
+    for given, original in zip(inputs, (point, w, b), strict=True):
+        np.testing.assert_array_equal(given.numpy(), original)  # the inputs are left as they were
     np.testing.assert_allclose((w * (point + d)).sum(1), b, atol=1e-9)
     assert (point + d).min() >= -1e-12 and (point + d).max() <= 1 + 1e-12
     assert np.abs(d[0]).max() == 0
@@ -136,8 +133,11 @@ def test_distances_are_on_the_scale_pgd_confirms(
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_attack_call_holds_eps_and_drops_accuracy(trained_cnn: nn.Module, small: Batch, norm: str) -> None:
     x, y = small
+    x_before = x.clone()
     threat = ThreatModel(norm=norm, eps=EPS[norm])  # type: ignore[arg-type]
     x_adv = FAB(threat=threat, steps=10)(trained_cnn, x, y)
+    FAB(threat=threat, steps=5, targeted=True, n_target_classes=2)(trained_cnn, x, y)
+    assert torch.equal(x, x_before)  # the steps are written into FAB's own buffers, never into x
     assert float(threat.distance(x_adv, x).max()) <= threat.eps + 1e-6
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     clean = float((predict(trained_cnn, x) == y).float().mean())

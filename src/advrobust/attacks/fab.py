@@ -31,12 +31,13 @@ def project_hyperplane_box(
     """
     low, high = bounds
     gap = b - (w * point).sum(dim=1)
-    direction = w.sign() * gap.sign().unsqueeze(1)
-    room = torch.where(direction > 0, high - point, point - low) * direction.abs()
-    scale = torch.ones_like(w) if norm == "linf" else w.abs()
-    weight = w.abs() * scale
+    direction = w.sign().mul_(gap.sign().unsqueeze(1))
+    room = torch.where(direction > 0, high - point, point - low).mul_(direction.abs())
+    # linf: scale 1, so weight |w| and limit room where w != 0 (multiplying or dividing by 1 is exact).
+    scale = None if norm == "linf" else w.abs()
+    weight = w.abs() if scale is None else w.abs() * scale
     live = weight > 0
-    limit = torch.where(live, room / torch.where(live, scale, torch.ones_like(scale)), torch.zeros_like(room))
+    limit = torch.where(live, room if scale is None else room / torch.where(live, scale, 1.0), 0.0)
     need = gap.abs().unsqueeze(1)
     reachable = (weight * limit).sum(dim=1, keepdim=True)
     t = torch.zeros_like(need)
@@ -44,8 +45,8 @@ def project_hyperplane_box(
     # Out of reach (or already on the plane): every coordinate goes to its limit.
     settled = reachable <= need
     for _ in range(_NEWTON_STEPS):
-        short = need - (weight * torch.minimum(limit, t)).sum(dim=1, keepdim=True)
-        slope = (weight * (limit > t)).sum(dim=1, keepdim=True)
+        short = need - torch.minimum(limit, t).mul_(weight).sum(dim=1, keepdim=True)
+        slope = torch.where(limit > t, weight, 0.0).sum(dim=1, keepdim=True)
         settled = settled | (short <= tol * need) | (slope <= 0)
         if bool(settled.all()):
             break
@@ -57,7 +58,9 @@ def project_hyperplane_box(
         if rest.numel() > 0:
             t[rest] = _crossing_by_sort(limit[rest], weight[rest], need[rest])
     t = torch.where(reachable <= need, torch.full_like(t, float("inf")), t)
-    return direction * scale * torch.minimum(t, limit)
+    if scale is not None:
+        direction.mul_(scale)
+    return direction.mul_(torch.minimum(t, limit))
 
 
 #: Newton steps before the sort fallback (the shortfall counted as on the plane: 64 ulps of it).
@@ -306,7 +309,10 @@ class FAB(Attack):
             a1 = norm_of(d1, threat.norm).clamp_min(1e-8)
             a2 = norm_of(d2, threat.norm).clamp_min(1e-8)
             alpha = _expand((a1 / (a1 + a2)).clamp(0, self.alpha_max), x0)
-            x1 = threat.clamp((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha)
+            # (x1 + eta d1)(1 - alpha) + (x0 + eta d2) alpha, clamped: the same operations in the same order,
+            # written into the projection's own buffer (x1 becomes a view of it).
+            towards_x1 = d1.mul_(self.eta).add_(x1).mul_(1 - alpha)
+            x1 = towards_x1.add_(d2.mul_(self.eta).add_(x0).mul_(alpha)).clamp_(*threat.bounds)
             last = step == self.steps - 1
             if merged and not last:
                 gaps, grads, logits = linearise(x1, None)
@@ -316,7 +322,7 @@ class FAB(Attack):
             fooled = is_adversarial(logits, y, targets)
             size = threat.distance(x1, x0)
             better = fooled & (size < best_distance)
-            best = torch.where(_expand(better, best), x1, best)
+            torch.where(_expand(better, best), x1, best, out=best)  # best: this run's own buffer
             best_distance = torch.where(better, size, best_distance)
             if last:
                 break
