@@ -107,8 +107,6 @@ class CW(Attack):
         low, high = self.threat.bounds
         half = (high - low) / 2
         n = x.shape[0]
-        # Just inside (-1, 1): atanh of the bounds themselves is infinite.
-        w_start = torch.atanh(((x - low) / half - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=x.device, dtype=x.dtype)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, 1e10)
@@ -116,8 +114,10 @@ class CW(Attack):
         best_dist2 = torch.full_like(const, float("inf"))
         check_every = max(1, self.steps // 10)
         for _ in range(self.binary_search_steps):
-            # As in the paper, every value of c starts afresh from x with a new Adam state.
-            w = w_start.clone()
+            # As in the paper, every value of c starts afresh from x with a new Adam state (w recomputed rather
+            # than kept: one image-sized buffer less alive through the steps). Just inside (-1, 1): atanh of
+            # the bounds themselves is infinite.
+            w = torch.atanh(((x - low) / half - 1).clamp(-1 + 1e-6, 1 - 1e-6))
             m = torch.zeros_like(w)
             v = torch.zeros_like(w)
             succeeded = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -134,14 +134,19 @@ class CW(Attack):
                     x_adv, dist2, objective = x_adv.detach(), dist2.detach(), objective.detach()
                     success = self._success(logits.detach(), y, targets)
                     closer = success & (dist2 < best_dist2)
-                    best = torch.where(closer.reshape(-1, *([1] * (x.dim() - 1))), x_adv, best)
+                    torch.where(closer.reshape(-1, *([1] * (x.dim() - 1))), x_adv, best, out=best)
                     best_dist2 = torch.where(closer, dist2, best_dist2)
                     succeeded = succeeded | success
-                    m = _BETA1 * m + (1 - _BETA1) * grad
-                    v = _BETA2 * v + (1 - _BETA2) * grad * grad
-                    m_hat = m / (1 - _BETA1 ** (step + 1))
-                    v_hat = v / (1 - _BETA2 ** (step + 1))
-                    w = w.detach() - self.step_size * m_hat / (v_hat.sqrt() + _ADAM_EPS)
+                    # Adam, in the buffers of this run (best, m, v and w are its own): the same operations in
+                    # the same order as m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g g,
+                    # w = w - lr m_hat / (sqrt(v_hat) + eps), without an image-sized tensor per operation.
+                    m.mul_(_BETA1).add_(torch.mul(grad, 1 - _BETA1))
+                    v.mul_(_BETA2).add_(torch.mul(grad, 1 - _BETA2).mul_(grad))
+                    del grad
+                    denominator = torch.div(v, 1 - _BETA2 ** (step + 1)).sqrt_().add_(_ADAM_EPS)
+                    update = torch.div(m, 1 - _BETA1 ** (step + 1)).mul_(self.step_size).div_(denominator)
+                    w = w.detach().sub_(update)
+                    del denominator, update
                 if self.abort_early and step % check_every == 0:
                     if bool((objective > 0.9999 * previous).all()):  # one sync per check
                         break
