@@ -539,9 +539,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        warm, _ = ADAPTERS[library](attack, model, x[:warmup_n], y[:warmup_n], bs, seed)
+        warm, warm_extra = ADAPTERS[library](attack, model, x[:warmup_n], y[:warmup_n], bs, seed)
         warm()
-        del warm
+        del warm, warm_extra  # its recorders and results too
         out["warmup_n"] = warmup_n
     # Every library's global RNGs get this run's seed (torchattacks and foolbox draw random starts from
     # torch's, ART from numpy's); advrobust gets it through its generators.

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from advrobust.attacks import APGD, PGD, apgd_checkpoints, create_attack
+from advrobust.attacks.apgd import momentum_step
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel
 
@@ -235,3 +236,32 @@ def test_a_step_built_in_place_matches_the_formula_and_leaves_the_inputs_alone(
     ):
         attack(trained_cnn, x, y, generator=seeded(6))
         assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.3), ("l2", 2.0), ("l1", 10.0)])
+@pytest.mark.parametrize("a", [1.0, 0.75])
+def test_the_momentum_step_equals_the_formula_computed_out_of_place(norm: str, eps: float, a: float) -> None:
+    # APGD's update writes into the direction's buffer: bit for bit the paper's formula, momentum included.
+    gen = torch.Generator().manual_seed(8)
+    threat = ThreatModel(norm=norm, eps=eps)  # type: ignore[arg-type]
+    x = torch.rand(64, 1, 28, 28, generator=gen)
+    x_prev = threat.project(x + 0.3 * torch.randn(64, 1, 28, 28, generator=gen), x)
+    x_cur = threat.project(x + 0.3 * torch.randn(64, 1, 28, 28, generator=gen), x)
+    step = torch.randn(64, 1, 28, 28, generator=gen)
+    eta = torch.rand(64, generator=gen) * eps
+    z = threat.project(x_cur + eta.reshape(-1, 1, 1, 1) * step, x, exact=False)
+    expected = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, exact=False)
+    inputs = [t.clone() for t in (x, x_cur, x_prev)]
+    got = momentum_step(threat, x, x_cur, x_prev, step.clone(), eta, a)
+    assert torch.equal(got, expected)
+    for before, after in zip(inputs, (x, x_cur, x_prev), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, batch: Batch) -> None:
+    # ``run`` is public to subclasses and wrappers: an x still attached to a graph must work as a plain one.
+    x, y = batch
+    attack = APGD(threat=ThreatModel(eps=0.1), steps=5)
+    plain = attack.run(trained_cnn, x, y, None, seeded(0))
+    attached = attack.run(trained_cnn, x.clone().requires_grad_(True), y, None, seeded(0))
+    assert torch.equal(plain, attached)

@@ -239,3 +239,23 @@ def test_errors() -> None:
         FAB(threat=ThreatModel(), beta=1.5)
     with pytest.raises(ConfigError, match="rival must be one of strongest, label"):
         FAB(threat=ThreatModel(), rival="true")  # type: ignore[arg-type]
+
+
+def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, small: Batch) -> None:
+    # ``run`` is public to subclasses and wrappers: an x still attached to a graph must work as a plain one.
+    x, y = small
+    attack = FAB(threat=ThreatModel(eps=0.3), steps=5, targeted=True, n_target_classes=2)
+    plain = attack.run(trained_cnn, x, y, None, None)
+    attached = attack.run(trained_cnn, x.clone().requires_grad_(True), y, None, None)
+    assert torch.equal(plain, attached)
+
+
+def test_projection_keeps_the_wider_type_of_mixed_inputs() -> None:
+    # Half-precision images with float32 logits: the plane's offset is float32, and so is the step.
+    gen = torch.Generator().manual_seed(3)
+    point = torch.rand(6, 10, generator=gen).half()
+    w = torch.randn(6, 10, generator=gen).half()
+    b = (w.float() * torch.rand(6, 10, generator=gen)).sum(1)
+    for norm in ("linf", "l2"):
+        d = project_hyperplane_box(point, w, b, norm, (0.0, 1.0))  # type: ignore[arg-type]
+        assert d.dtype == torch.float32

@@ -119,6 +119,7 @@ class APGD(Attack):
         targets: Tensor | None,
         generator: torch.Generator | None,
     ) -> Tensor:
+        x = x.detach()  # the runs write into their own buffers, cloned from x: none may carry a graph
         with torch.no_grad():
             logits = model(x)
         if targets is not None or not self.targeted:
@@ -207,14 +208,8 @@ class APGD(Attack):
                 step = _sparse_direction(grad, x_cur, k_frac, threat)
             else:
                 step = steepest_direction(grad, threat.norm)
-            # z = P(x_cur + eta step) and x_next = P(x_cur + a (z - x_cur) + (1 - a)(x_cur - x_prev)), built in
-            # the direction's own buffer by the same operations in the same order (the same values) instead
-            # of an image-sized tensor per operation.
-            z = threat.project_inner_(step.mul_(_view(eta, x)).add_(x_cur), x)
-            a = 1.0 if i == 0 else self.alpha
-            momentum = torch.sub(x_cur, x_prev).mul_(1 - a)
-            x_next = threat.project_inner_(z.sub_(x_cur).mul_(a).add_(x_cur).add_(momentum), x)
-            del step, z, momentum
+            x_next = momentum_step(threat, x, x_cur, x_prev, step, eta, 1.0 if i == 0 else self.alpha)
+            del step
             x_prev, x_cur = x_cur, x_next
             grad, logits, loss = self._gradient(model, x_cur, y, goal)
             best.keep_at(rows, x_cur, loss, is_adversarial(logits, y, success_targets))
@@ -270,6 +265,20 @@ class APGD(Attack):
                 goal = goal[keep]
             success_targets = goal if hit_goal else None
             n = x.shape[0]
+
+
+def momentum_step(
+    threat: ThreatModel, x: Tensor, x_cur: Tensor, x_prev: Tensor, step: Tensor, eta: Tensor, a: float
+) -> Tensor:
+    """APGD's update: z = P(x_cur + eta step), then P(x_cur + a (z - x_cur) + (1 - a)(x_cur - x_prev)).
+
+    Built in ``step``'s buffer (which it overwrites: the caller's own direction) by the same operations in the
+    same order as that formula computed out of place, so the same values, without an image-sized tensor per
+    operation. Shape: x, x_cur, x_prev, step (N, ...), eta (N,) -> (N, ...).
+    """
+    z = threat.project_inner_(step.mul_(_view(eta, x)).add_(x_cur), x)
+    momentum = torch.sub(x_cur, x_prev).mul_(1 - a)
+    return threat.project_inner_(z.sub_(x_cur).mul_(a).add_(x_cur).add_(momentum), x)
 
 
 def _sparse_direction(grad: Tensor, x_cur: Tensor, k_frac: Tensor, threat: ThreatModel) -> Tensor:

@@ -31,8 +31,10 @@ def project_hyperplane_box(
     """
     low, high = bounds
     gap = b - (w * point).sum(dim=1)
-    direction = w.sign().mul_(gap.sign().unsqueeze(1))
-    room = torch.where(direction > 0, high - point, point - low).mul_(direction.abs())
+    # Out of place: gap (and so direction and room) can be wider than w and point (half-precision images
+    # with float32 logits), and an in-place product would keep the narrower type.
+    direction = w.sign() * gap.sign().unsqueeze(1)
+    room = torch.where(direction > 0, high - point, point - low) * direction.abs()
     # linf: scale 1, so weight |w| and limit room where w != 0 (multiplying or dividing by 1 is exact).
     scale = None if norm == "linf" else w.abs()
     weight = w.abs() if scale is None else w.abs() * scale
@@ -46,7 +48,7 @@ def project_hyperplane_box(
     settled = reachable <= need
     for _ in range(_NEWTON_STEPS):
         short = need - torch.minimum(limit, t).mul_(weight).sum(dim=1, keepdim=True)
-        slope = torch.where(limit > t, weight, 0.0).sum(dim=1, keepdim=True)
+        slope = (weight * (limit > t)).sum(dim=1, keepdim=True)
         settled = settled | (short <= tol * need) | (slope <= 0)
         if bool(settled.all()):
             break
@@ -161,8 +163,9 @@ class FAB(Attack):
         generator: torch.Generator | None,
     ) -> Tensor:
         # With a budget, a sample found within eps is done: later targets and restarts skip it (as
-        # AutoAttack's FAB-T does), which changes no fixed-eps result and saves most of the cost.
-        return self._min_norm(model, x, y, targets, generator, done_within=self.threat.eps)[0]
+        # AutoAttack's FAB-T does), which changes no fixed-eps result and saves most of the cost. x detached:
+        # the runs write into their own buffers, cloned from x, and none may carry a graph.
+        return self._min_norm(model, x.detach(), y, targets, generator, done_within=self.threat.eps)[0]
 
     def run_min_norm(
         self,
