@@ -127,7 +127,9 @@ class CW(Attack):
                 with torch.enable_grad():
                     x_adv = self.threat.clamp(low + half * (torch.tanh(w) + 1))
                     logits = model(x_adv)
-                    dist2 = (x_adv - x).pow(2).reshape(n, -1).sum(dim=1)
+                    # (x_adv - x)^2 as mse_loss: the same values and gradient, and its backward keeps x_adv
+                    # and x (alive anyway) instead of the difference (one image-sized tensor less at the peak).
+                    dist2 = nn.functional.mse_loss(x_adv, x, reduction="none").reshape(n, -1).sum(dim=1)
                     objective = dist2 + const * self._objective(logits, y, targets)
                     (grad,) = torch.autograd.grad(objective.sum(), w)
                 with torch.no_grad():
