@@ -530,24 +530,26 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if attack not in AVAILABLE[library]:
         return {**out, "status": "n/a"}
     model, x, y = load_inputs(case)
+
+    def seed_everything() -> None:
+        # Every library's global RNGs get this run's seed (torchattacks and foolbox draw random starts from
+        # torch's, ART from numpy's); advrobust gets it through its generators.
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
     warmup_n = min(int(case.get("warmup_n", 0)), len(x))
     if warmup_n > 0:
         # The same attack once on the first images, in every library, before the measurement: the first
         # backward's set-up and the code pages of the kernels the library calls (file-backed pages of
         # libtorch, 5-9 MB on the MNIST models, more the more distinct kernels) are paid here, so that the
         # peak RSS rise is the attack's own working memory. ``warmup_n`` 0 measures them too.
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_everything()
         warm, warm_extra = ADAPTERS[library](attack, model, x[:warmup_n], y[:warmup_n], bs, seed)
         warm()
         del warm, warm_extra  # its recorders and results too
         out["warmup_n"] = warmup_n
-    # Every library's global RNGs get this run's seed (torchattacks and foolbox draw random starts from
-    # torch's, ART from numpy's); advrobust gets it through its generators.
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything()
     fn, extra = ADAPTERS[library](attack, model, x, y, bs, seed)
     clean_pred = predict(model, x, bs)  # also the warm-up pass
     clean_ok = clean_pred == y

@@ -73,9 +73,22 @@ def project_delta(delta: Tensor, norm: Norm, eps: Tensor | float) -> Tensor:
         # A float eps stays a Python scalar: a tensor made from it is a copy from the host, which on a GPU
         # waits for everything queued (twice per PGD step).
         radius = eps.to(device=delta.device, dtype=delta.dtype) if isinstance(eps, Tensor) else float(eps)
-        factor = torch.where(size > radius, radius / size.clamp_min(1e-12), 1.0)
-        return delta * _expand(factor, delta)
+        return delta * _expand(_l2_factor(size, radius), delta)
     return project_l1_ball(delta, eps)
+
+
+def _l2_factor(size: Tensor, radius: Tensor | float) -> Tensor:
+    """Per-sample factors that shrink perturbations of l2 norm ``size`` into the ball. Shape: (N,)."""
+    return torch.where(size > radius, radius / size.clamp_min(1e-12), 1.0)
+
+
+#: Point types whose inner projections skip the float64 re-check (``ThreatModel.project(exact=False)``).
+_INNER_DTYPES = (torch.float32, torch.float64)
+
+
+def _aim_inside(radius: Tensor | float, dtype: torch.dtype) -> Tensor | float:
+    """The radius an inner projection aims at: 16 float epsilons inside."""
+    return radius * (1 - 16 * torch.finfo(dtype).eps)
 
 
 def _exponentials(shape: tuple[int, ...], x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -142,9 +155,9 @@ class ThreatModel:
         points get the re-check either way.
         """
         radius = self.eps if eps is None else eps
-        inner = not exact and self.norm != "linf" and x_adv.dtype in (torch.float32, torch.float64)
+        inner = not exact and self.norm != "linf" and x_adv.dtype in _INNER_DTYPES
         if inner:
-            radius = radius * (1 - 16 * torch.finfo(x_adv.dtype).eps)
+            radius = _aim_inside(radius, x_adv.dtype)
         delta = project_delta(x_adv - x, self.norm, radius)
         out = self.clamp(x + delta)
         if self.norm == "linf" or inner:
@@ -170,15 +183,13 @@ class ThreatModel:
         other cases return a new tensor, as ``project``): the same operations in the same order, so the same
         values, without an image-sized buffer per operation. ``x_adv`` must be the caller's own buffer.
         """
-        if self.norm == "l1" or x_adv.dtype not in (torch.float32, torch.float64):
+        if self.norm == "l1" or x_adv.dtype not in _INNER_DTYPES:
             return self.project(x_adv, x, exact=False)
         delta = x_adv.sub_(x)
         if self.norm == "linf":
             delta.clamp_(-self.eps, self.eps)
         else:
-            radius = self.eps * (1 - 16 * torch.finfo(x_adv.dtype).eps)
-            size = norm_of(delta, "l2")
-            factor = torch.where(size > radius, radius / size.clamp_min(1e-12), 1.0)
+            factor = _l2_factor(norm_of(delta, "l2"), _aim_inside(self.eps, x_adv.dtype))
             delta.mul_(_expand(factor, delta))
         return delta.add_(x).clamp_(self.bounds[0], self.bounds[1])
 

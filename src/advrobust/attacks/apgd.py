@@ -51,10 +51,8 @@ class _Best:
 
     def keep(self, point: Tensor, loss: Tensor, success: Tensor) -> None:
         better = ~self.found & (success | (loss > self.loss))
-        if point.dtype == self.point.dtype:  # self.point is this object's own buffer: updated in place
-            torch.where(_view(better, point), point, self.point, out=self.point)
-        else:
-            self.point = torch.where(_view(better, point), point, self.point)
+        # self.point is this object's own buffer (a clone of x; every point kept is in x's type): in place.
+        torch.where(_view(better, point), point, self.point, out=self.point)
         self.loss = torch.where(better, loss, self.loss)
         self.found = self.found | success
 

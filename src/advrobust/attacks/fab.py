@@ -36,8 +36,9 @@ def project_hyperplane_box(
     direction = w.sign() * gap.sign().unsqueeze(1)
     room = torch.where(direction > 0, high - point, point - low) * direction.abs()
     # linf: scale 1, so weight |w| and limit room where w != 0 (multiplying or dividing by 1 is exact).
-    scale = None if norm == "linf" else w.abs()
-    weight = w.abs() if scale is None else w.abs() * scale
+    magnitude = w.abs()
+    scale = None if norm == "linf" else magnitude
+    weight = magnitude if scale is None else magnitude * scale
     live = weight > 0
     limit = torch.where(live, room if scale is None else room / torch.where(live, scale, 1.0), 0.0)
     need = gap.abs().unsqueeze(1)
