@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     adv.add_argument(
         "--step-size",
         type=float,
-        help="attack step: pgd-at 2.5*eps/steps, fast-at 1.25*eps, trades/mart eps/4, free-at eps",
+        help="attack step: pgd-at 2.5*eps/steps, fast-at 1.25*eps (0.5*eps with --prior-start), trades/mart eps/4, "
+        "free-at eps",
     )
     adv.add_argument("--beta", type=float, help="weight of the robust term: trades, mart (default: 6)")
     adv.add_argument(
@@ -163,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         "--guard-patience",
         type=int,
         help="fast-at: further checks a robust-accuracy drop must persist before the guard stops (default: 1)",
+    )
+    adv.add_argument(
+        "--prior-start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fast-at: start each sample's step from its perturbation of the previous epoch, step 0.5*eps "
+        "(default: off, the uniform start)",
     )
     adv.add_argument(
         "--sigma",

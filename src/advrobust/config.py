@@ -70,6 +70,7 @@ class TrainSettings(DataSettings):
     attack_mode: Literal["eval", "train"] | None = None
     guard: bool | None = None
     guard_patience: int | None = Field(None, ge=0)
+    prior_start: bool | None = None
     sigma: float | None = Field(None, ge=0)
     # Distillation: the temperature, the weight of the soft-label term, the teacher's run directory.
     temperature: float | None = Field(None, gt=0)

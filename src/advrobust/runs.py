@@ -119,6 +119,7 @@ def build_objective(settings: TrainSettings, *, teacher: nn.Module | None = None
         "attack_mode": settings.attack_mode,
         "guard": settings.guard,
         "guard_patience": settings.guard_patience,
+        "prior_start": settings.prior_start,
         "sigma": settings.sigma,
         "temperature": settings.temperature,
         "alpha": settings.alpha,

@@ -7,13 +7,17 @@ import pytest
 import torch
 from torch import nn
 
+from advrobust.data import ImageDataset
 from advrobust.errors import ConfigError
 from advrobust.threat import ThreatModel, project_delta
 from advrobust.training import (
+    FastAT,
     FreeAT,
+    TrainConfig,
     create_objective,
     list_objectives,
     objective_options,
+    train,
 )
 
 from .conftest import THREAT, Trained, clean_and_robust, small_cnn
@@ -119,6 +123,59 @@ def test_fast_at_takes_its_gradient_at_an_unclipped_start_as_the_papers_code(
     # The clipped variant lands on x or the eps corner at every saturated pixel; the reference does not.
     changed = (points[False] - points[True]).abs()[saturated]
     assert float((changed > 1e-6).float().mean()) > 0.2
+
+
+def test_fast_at_prior_start_starts_each_sample_from_its_last_perturbation(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, y = batch[0][:16], batch[1][:16]
+    model = small_cnn().eval()
+    inputs: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    objective = create_objective("fast-at", threat=THREAT, prior_start=True)
+    assert objective.alpha == pytest.approx(0.5 * THREAT.eps)  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(0)
+    objective.loss(model, x, y, generator=gen, index=torch.arange(100, 116))  # type: ignore[call-arg]
+    kept = inputs[-1] - x  # the training forward runs at the FGSM point
+    assert bool(THREAT.contains(inputs[-1], x, tol=1e-6).all())
+
+    # Positions 100..107 come back (their perturbation is the start); 0..7 are new (the uniform draw).
+    def start_at(obj: object, index: torch.Tensor) -> torch.Tensor:
+        inputs.clear()
+        obj.loss(model, x, y, generator=torch.Generator().manual_seed(1), index=index)  # type: ignore[attr-defined]
+        return inputs[0] - x
+
+    index = torch.cat([torch.arange(100, 108), torch.arange(0, 8)])
+    start = start_at(objective, index)
+    unit = kept.flatten(1).abs().amax(dim=1).view(-1, 1, 1, 1) / 127  # the int8 store's resolution
+    assert bool(((start[:8] - kept[:8]).abs() <= unit[:8] / 2 + 1e-6).all())
+    fresh = start[8:]
+    assert float(fresh.abs().max()) <= THREAT.eps + 1e-6
+    assert float((fresh - kept[8:]).abs().mean()) > THREAT.eps / 4  # not the kept points
+    assert float((x[8:] + fresh).min()) < 0  # Wong et al.'s unclipped uniform start
+    # The kept perturbations survive a checkpoint round trip; load_state_dict({}) forgets them.
+    other = create_objective("fast-at", threat=THREAT, prior_start=True)
+    other.load_state_dict(objective.state_dict())  # type: ignore[attr-defined]
+    assert torch.equal(start_at(other, index)[:8], start_at(objective, index)[:8])
+    other.load_state_dict({})  # type: ignore[attr-defined]
+    assert float((start_at(other, index)[:8] - kept[:8]).abs().mean()) > THREAT.eps / 4
+    with pytest.raises(ConfigError, match="index"):
+        objective.loss(model, x, y, generator=gen)
+
+
+def test_fast_at_prior_start_raises_robust_accuracy_through_the_trainer(
+    at_data: ImageDataset, trained_with: Trained, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    _, base_robust = clean_and_robust(trained_with("standard")[0], batch)
+    objective = FastAT(threat=THREAT, prior_start=True)
+    model = small_cnn()
+    config = TrainConfig(epochs=3, batch_size=32, lr=2e-3, seed=0, robust_val=0)
+    result = train(model, at_data, objective=objective, config=config)
+    clean, robust = clean_and_robust(model, batch)
+    assert robust >= base_robust + 0.15, (clean, robust, base_robust)
+    assert clean >= 0.8 and result.stopped is None
+    seen = objective._prior.seen  # the trainer passed every training sample's position
+    assert seen is not None and seen.shape[0] == len(at_data) and bool(seen.all())
 
 
 def test_free_at_reuses_the_training_backward_and_carries_the_perturbation(

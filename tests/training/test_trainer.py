@@ -184,22 +184,25 @@ def _kill_in_epoch(epoch: int) -> Callable[[StepInfo], None]:
     return stop
 
 
-RESUMABLE = {
-    # Free-AT carries its perturbation (objective state) and replays; Fast-AT's guard keeps its own state.
-    "free-at": {"replays": 2},
-    "fast-at": {"guard_samples": 64, "guard_steps": 3},
+RESUMABLE: dict[str, tuple[str, dict[str, object]]] = {
+    # Free-AT carries its perturbation (objective state) and replays; Fast-AT's guard keeps its own state;
+    # with prior_start Fast-AT keeps one perturbation per training sample (objective state).
+    "free-at": ("free-at", {"replays": 2}),
+    "fast-at": ("fast-at", {"guard_samples": 64, "guard_steps": 3}),
+    "fast-at-prior": ("fast-at", {"guard_samples": 64, "guard_steps": 3, "prior_start": True}),
 }
 
 
-@pytest.mark.parametrize("name", list(RESUMABLE))
+@pytest.mark.parametrize("case", list(RESUMABLE))
 def test_resume_after_a_kill_reproduces_adversarial_training(
-    name: str, tmp_path: Path, mini_train: ImageDataset
+    case: str, tmp_path: Path, mini_train: ImageDataset
 ) -> None:
     data = mini_train.take(360)
     config = TrainConfig(
         epochs=3, batch_size=50, seed=3, lr=2e-3, ema_decay=0.9, robust_val=60, robust_val_steps=3
     )
-    objective = make_objective(name, **RESUMABLE[name])
+    name, options = RESUMABLE[case]
+    objective = make_objective(name, **options)
     straight = small_cnn()
     expected = train(straight, data, objective=objective, config=config, out_dir=tmp_path / "a")
 
@@ -513,12 +516,30 @@ def test_eps_warmup_ramps_the_training_eps_step_by_step(mini_train: ImageDataset
     assert objective.threat.eps == THREAT.eps  # the objective itself is untouched
 
 
+@pytest.mark.parametrize("name", ["free-at", "fast-at"])
+def test_eps_warmup_keeps_the_state_an_objective_carries_between_batches(
+    name: str, mini_train: ImageDataset
+) -> None:
+    # The ramp trains on copies of the objective at smaller eps; they share its state (Free-AT's carried
+    # perturbation, Fast-AT's kept ones), so the state is the objective's own at the end.
+    data = mini_train.take(200)
+    options: dict[str, object] = (
+        {"replays": 2} if name == "free-at" else {"prior_start": True, "guard": False}
+    )
+    objective = make_objective(name, **options)
+    config = TrainConfig(epochs=2, batch_size=50, eps_warmup=1.5, robust_val=0)
+    train(small_cnn(), data, objective=objective, config=config)
+    state = objective.state_dict()  # type: ignore[attr-defined]
+    delta = state["delta"] if name == "free-at" else state["codes"]
+    assert delta.shape[0] == (50 if name == "free-at" else 200) and bool(delta.any())
+    if name == "fast-at":
+        assert bool(state["seen"].all())
+
+
 def test_eps_warmup_is_refused_where_it_cannot_apply(mini_train: ImageDataset) -> None:
     data = mini_train.take(100)
     with pytest.raises(ConfigError, match="clean inputs"):
         train(small_cnn(), data, config=TrainConfig(epochs=1, eps_warmup=1))
-    with pytest.raises(ConfigError, match="keeps state"):
-        train(small_cnn(), data, objective=FreeAT(threat=THREAT), config=TrainConfig(epochs=1, eps_warmup=1))
     with pytest.raises(ConfigError, match="eps_warmup"):
         TrainConfig(eps_warmup=-1)
 

@@ -334,10 +334,6 @@ def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
         raise ConfigError(
             f"eps_warmup ramps the attack's eps, but {objective.name} trains on clean inputs: drop it"
         )
-    if isinstance(objective, StatefulObjective):
-        raise ConfigError(
-            f"eps_warmup cannot ramp {objective.name}, which keeps state between batches: drop eps_warmup"
-        )
     if not dataclasses.is_dataclass(objective):
         raise ConfigError(
             f"eps_warmup ramps objectives by copying them with a smaller threat, and {objective.name} is not a "
@@ -487,9 +483,15 @@ class _Run:
         done = (epoch - 1) * self.ctx.steps + step
         if self.threat is None or done >= warmup:
             return self.objective
-        return dataclasses.replace(  # type: ignore[type-var]
+        ramped = dataclasses.replace(  # type: ignore[type-var]
             self.objective, threat=self.threat.with_eps(self.threat.eps * done / warmup)
         )
+        # The copy shares the objective's own state (fields not set by __init__: Free-AT's carried
+        # perturbation, Fast-AT's kept ones), so what it carries between batches survives the ramp.
+        for f in dataclasses.fields(self.objective):  # type: ignore[arg-type]
+            if not f.init:
+                object.__setattr__(ramped, f.name, getattr(self.objective, f.name))
+        return ramped
 
     @property
     def cuda(self) -> bool:
@@ -515,12 +517,16 @@ class _Run:
         correct = torch.zeros((), dtype=torch.long, device=device)
         clean_correct = torch.zeros((), dtype=torch.long, device=device)
         evaluated = images = clean_seen = 0
+        # Objectives that keep something per training sample (sample_index) get the batch's positions.
+        positions = indices.to(device) if getattr(self.objective, "sample_index", False) else None
+        size = self.config.batch_size
         for step, (x_batch, y) in enumerate(loader, start=1):
             x = x_batch.contiguous(memory_format=torch.channels_last) if channels_last else x_batch
             objective = self.objective_at(epoch, step)
+            extra = {} if positions is None else {"index": positions[(step - 1) * size : step * size]}
             for _ in range(replays):
                 with _autocast(amp), fast_weight_gradients(model):
-                    loss, logits = objective.loss(self.train_model, x, y, generator=self.attack_gen)
+                    loss, logits = objective.loss(self.train_model, x, y, generator=self.attack_gen, **extra)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.optimizer.step()
