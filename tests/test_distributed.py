@@ -138,3 +138,36 @@ def test_two_process_adversarial_training_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "fast" / "model.safetensors").exists()
+
+
+def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_path: Path) -> None:
+    # Each process trains on its own shard, but the per-sample perturbations are shared at every step: after
+    # one epoch the checkpoint (written by rank 0) holds one for every training sample, not half of them.
+    from advrobust.training.checkpoint import load_checkpoint
+    from advrobust.training.trainer import CHECKPOINT_NAME
+
+    out = tmp_path / "prior"
+    done = _torchrun(
+        "train",
+        "--data",
+        "mnist-mini",
+        "--defense",
+        "fast-at",
+        "--prior-start",
+        "--eps",
+        "0.1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--robust-val",
+        "100",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(out / CHECKPOINT_NAME)["objective_state"]
+    seen = state["seen"]
+    assert seen.dtype == torch.bool and bool(seen.all())
+    assert seen.shape[0] == state["codes"].shape[0] == state["scales"].shape[0] > 100

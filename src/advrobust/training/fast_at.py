@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advrobust import distributed
 from advrobust.errors import ConfigError
 from advrobust.training.adversarial import (
     AdversarialObjective,
@@ -28,22 +30,30 @@ from advrobust.training.objectives import register_objective
 _LEVELS = 127  # int8 codes of the kept perturbations: the largest coordinate of each sample maps to +-127
 
 
+def _all_rows(rows: Tensor) -> Tensor:
+    """Every process's ``rows`` (same shape in each), concatenated in rank order."""
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
+
 class _Prior:
     """Each training sample's last perturbation (x_adv - x), kept between epochs for ``prior_start``.
 
     Stored as int8 codes with one float32 scale per sample (a quarter of float32's memory: 47 MB for MNIST's
     60,000 images), so a coordinate comes back within 1/254 of its sample's largest one. ``seen`` marks the
-    samples that have a perturbation; the others start from the uniform draw. The store grows to the largest
-    sample position it has been given.
+    samples that have a perturbation; the others start from the uniform draw. With ``capacity`` (the number
+    of training samples, which the trainer gives) the store is allocated once at that size; without it, it
+    grows to the largest position given so far, which reads that position back to the host.
     """
 
     def __init__(self) -> None:
+        self.capacity: int | None = None
         self.codes: Tensor | None = None
         self.scales: Tensor | None = None
         self.seen: Tensor | None = None
 
     def _reserve(self, index: Tensor, like: Tensor) -> None:
-        n = int(index.max()) + 1 if index.numel() else 0
         shape = like.shape[1:]
         if self.codes is not None and (self.codes.shape[1:] != shape or self.codes.device != like.device):
             raise ConfigError(
@@ -52,9 +62,15 @@ class _Prior:
                 "set on one device per objective, or reset it with load_state_dict({})"
             )
         have = 0 if self.codes is None else self.codes.shape[0]
-        if n <= have:
+        if self.capacity is not None and have >= self.capacity:
             return
-        # Exactly to the largest position: over a shuffled epoch the maximum is reached within a few batches.
+        if self.capacity is not None:
+            n = self.capacity
+        else:
+            # Exactly to the largest position: over a shuffled epoch the maximum comes within a few batches.
+            n = int(index.max()) + 1 if index.numel() else 0
+            if n <= have:
+                return
         codes = torch.zeros((n, *shape), dtype=torch.int8, device=like.device)
         scales = torch.zeros(n, dtype=torch.float32, device=like.device)
         seen = torch.zeros(n, dtype=torch.bool, device=like.device)
@@ -72,14 +88,20 @@ class _Prior:
         return torch.where(seen.view_as(unit), kept, fallback)
 
     def keep(self, index: Tensor, delta: Tensor) -> None:
-        """Remember ``delta`` (N, ...) as the perturbation of the samples at ``index`` (N,)."""
-        self._reserve(index, delta)
-        assert self.codes is not None and self.scales is not None and self.seen is not None
+        """Remember ``delta`` (N, ...) as the perturbation of the samples at ``index`` (N,).
+
+        Under torchrun every process passes its own batch (of the same size, as the trainer's equal shards
+        give) and keeps every process's rows, so each store holds what one process would have.
+        """
         flat = delta.detach().float().flatten(1)
         scale = flat.abs().amax(dim=1)
         unit = (scale / _LEVELS).clamp_min(torch.finfo(torch.float32).tiny)
         codes = torch.round(flat / unit[:, None]).clamp_(-_LEVELS, _LEVELS).to(torch.int8)
-        self.codes[index] = codes.view_as(delta)
+        if distributed.info().enabled:
+            index, codes, scale = (_all_rows(t) for t in (index, codes, scale))
+        self._reserve(index, delta)
+        assert self.codes is not None and self.scales is not None and self.seen is not None
+        self.codes[index] = codes.view(-1, *delta.shape[1:])
         self.scales[index] = scale
         self.seen[index] = True
 
@@ -121,7 +143,7 @@ class FastAT(AdversarialObjective):
     Its step defaults to 0.5 * eps (1.25 * eps from a start already on the ball's surface flips whole
     images to the opposite corner; on MNIST at eps 0.3 it did not become robust). The trainer passes the
     samples' positions (``index``); the objective keeps one int8 perturbation per training sample (its
-    state, checkpointed; under torchrun each process keeps those of the samples it trained on).
+    state, checkpointed; under torchrun the processes share theirs at every step, so each keeps all).
     Shape: x (N, C, H, W) in threat.bounds, y (N,) -> (loss, adversarial logits (N, K)).
     """
 
@@ -195,6 +217,11 @@ class FastAT(AdversarialObjective):
             self._prior.keep(index, x_adv - x)
         logits = model(x_adv)
         return F.cross_entropy(logits.float(), y), logits
+
+    def reserve_samples(self, num_samples: int) -> None:
+        """Size the per-sample store for positions 0..num_samples-1 (the trainer calls this)."""
+        check_int("num_samples", num_samples)
+        self._prior.capacity = num_samples
 
     def state_dict(self) -> dict[str, Any]:
         """The kept perturbations (``prior_start``; empty otherwise), for checkpoints."""

@@ -471,6 +471,8 @@ class _Run:
             hook.on_train_start(ctx)
         if run.stateful is not None:
             run.stateful.load_state_dict({})  # a fresh start, whatever an earlier run left in the objective
+        if getattr(objective, "sample_index", False):
+            objective.reserve_samples(len(train_data))  # type: ignore[attr-defined]
         return run
 
     @property
