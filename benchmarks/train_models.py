@@ -78,7 +78,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "defense": "fast-at",
             "norm": "linf",
             "eps": args.fast_eps,
-            "step_size": (0.5 if args.fast_prior_start else 1.25) * args.fast_eps,
+            "step_size": args.fast_step or (0.5 if args.fast_prior_start else 1.25) * args.fast_eps,
             "prior_start": args.fast_prior_start,
             "epochs": args.fast_epochs,
             "eps_warmup": args.fast_eps_warmup,
@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast-clip-start",
         action="store_true",
         help="Fast-AT with its random start clipped to [0, 1] before the step (overfits on MNIST)",
+    )
+    parser.add_argument(
+        "--fast-step",
+        type=float,
+        default=None,
+        help="Fast-AT: FGSM step (default 1.25 eps; 0.5 eps with --fast-prior-start)",
     )
     parser.add_argument(
         "--fast-prior-start",
