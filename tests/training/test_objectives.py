@@ -3,6 +3,8 @@ attack in the model mode asked for, and validates its hyperparameters."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -161,6 +163,38 @@ def test_fast_at_prior_start_starts_each_sample_from_its_last_perturbation(
     assert float((start_at(other, index)[:8] - kept[:8]).abs().mean()) > THREAT.eps / 4
     with pytest.raises(ConfigError, match="index"):
         objective.loss(model, x, y, generator=gen)
+    with pytest.raises(ConfigError, match="integer"):
+        objective.loss(model, x, y, generator=gen, index=torch.ones(16, dtype=torch.bool))  # type: ignore[call-arg]
+
+
+def test_fast_at_prior_start_keeps_no_zero_or_nan_perturbation() -> None:
+    from advrobust.training.fast_at import _Prior
+
+    prior = _Prior()
+    delta = torch.full((3, 1, 2, 2), 0.05)
+    delta[1] = 0.0
+    delta[2, 0, 0, 0] = float("nan")
+    prior.keep(torch.tensor([0, 1, 2]), delta)
+    assert prior.seen is not None and prior.seen.tolist() == [True, False, False]
+    x, fallback = torch.full((3, 1, 2, 2), 0.5), torch.full((3, 1, 2, 2), 0.7)
+    start = prior.start(torch.tensor([0, 1, 2]), x, fallback)
+    assert torch.allclose(start[0], x[0] + 0.05) and torch.equal(start[1:], fallback[1:])
+
+
+def test_free_at_steps_within_the_eps_of_the_call_that_took_the_step(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    # Under an eps warm-up a copy at a smaller eps takes the step; settling it later (the next call, or a
+    # checkpoint's state_dict on the original objective) must use the copy's eps, not the full one.
+    x, y = batch[0][:8], batch[1][:8]
+    model = small_cnn().train()
+    objective = FreeAT(threat=THREAT, replays=2)
+    small = dataclasses.replace(objective, threat=THREAT.with_eps(0.02))
+    object.__setattr__(small, "_carry", objective._carry)
+    loss, _ = small.loss(model, x, y, generator=None)
+    loss.backward()
+    delta = objective.state_dict()["delta"]
+    assert bool(delta.any()) and float(delta.abs().max()) <= 0.02 + 1e-7
 
 
 def test_fast_at_prior_start_raises_robust_accuracy_through_the_trainer(

@@ -518,22 +518,89 @@ def test_eps_warmup_ramps_the_training_eps_step_by_step(mini_train: ImageDataset
 
 @pytest.mark.parametrize("name", ["free-at", "fast-at"])
 def test_eps_warmup_keeps_the_state_an_objective_carries_between_batches(
-    name: str, mini_train: ImageDataset
+    name: str, tmp_path: Path, mini_train: ImageDataset
 ) -> None:
     # The ramp trains on copies of the objective at smaller eps; they share its state (Free-AT's carried
-    # perturbation, Fast-AT's kept ones), so the state is the objective's own at the end.
+    # perturbation, Fast-AT's kept ones). The run ends inside the ramp, so every step ran on a copy: the
+    # objective's own state is what the copies left, and the checkpoint holds it, within the ramped eps.
     data = mini_train.take(200)
     options: dict[str, object] = (
         {"replays": 2} if name == "free-at" else {"prior_start": True, "guard": False}
     )
     objective = make_objective(name, **options)
-    config = TrainConfig(epochs=2, batch_size=50, eps_warmup=1.5, robust_val=0)
-    train(small_cnn(), data, objective=objective, config=config)
+    config = TrainConfig(epochs=1, batch_size=50, eps_warmup=2, robust_val=0)
+    train(small_cnn(), data, objective=objective, config=config, out_dir=tmp_path)
     state = objective.state_dict()  # type: ignore[attr-defined]
-    delta = state["delta"] if name == "free-at" else state["codes"]
-    assert delta.shape[0] == (50 if name == "free-at" else 200) and bool(delta.any())
-    if name == "fast-at":
-        assert bool(state["seen"].all())
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["objective_state"]
+    if name == "free-at":
+        assert state["delta"].shape[0] == 50 and bool(state["delta"].any())
+        # The last step ran at eps * 4/8 (step 4 of a ramp over 8): its own eps bounds it, not the full one.
+        assert float(saved["delta"].abs().max()) <= THREAT.eps * 4 / 8 + 1e-6
+    else:
+        assert bool(state["seen"].all()) and torch.equal(saved["codes"], state["codes"])
+
+
+class _Positions:
+    """A clean objective that records each batch with the positions the trainer passed (sample_index)."""
+
+    name = "positions"
+    sample_index = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.reserved: int | None = None
+
+    def reserve_samples(self, num_samples: int) -> None:
+        self.reserved = num_samples
+
+    def loss(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None,
+        index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen.append((x.detach().clone(), index.clone()))
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
+    def params(self) -> dict[str, object]:
+        return {}
+
+
+def test_the_trainer_passes_each_batch_its_samples_positions(mini_train: ImageDataset) -> None:
+    data = mini_train.take(110)  # batches of 50, 50 and 10
+    objective = _Positions()
+    train(small_cnn(), data, objective=objective, config=TrainConfig(epochs=2, batch_size=50))
+    assert objective.reserved == 110
+    assert [x.shape[0] for x, _ in objective.seen] == [50, 50, 10, 50, 50, 10]
+    for x, index in objective.seen:
+        assert torch.equal(x, data.images[index].float() / 255)
+    epochs = [torch.cat([i for _, i in objective.seen[:3]]), torch.cat([i for _, i in objective.seen[3:]])]
+    assert all(sorted(e.tolist()) == list(range(110)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])  # a new order each epoch
+
+
+def test_a_fast_at_checkpoint_from_before_prior_start_resumes(
+    tmp_path: Path, mini_train: ImageDataset
+) -> None:
+    from advrobust.training.checkpoint import save_checkpoint
+
+    data = mini_train.take(100)
+    objective = make_objective("fast-at", guard=False)
+    config = TrainConfig(epochs=1, batch_size=50, robust_val=0)
+    train(small_cnn(), data, objective=objective, config=config, out_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    del state["config"]["objective"]["prior_start"]  # as written by a version without the option
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+    again = TrainConfig(epochs=2, batch_size=50, robust_val=0)
+    result = train(small_cnn(), data, objective=objective, config=again, out_dir=tmp_path, resume=True)
+    assert result.resumed_from == 1
+    prior = make_objective("fast-at", guard=False, prior_start=True)
+    with pytest.raises(ConfigError, match="prior_start"):
+        train(small_cnn(), data, objective=prior, config=again, out_dir=tmp_path, resume=True)
 
 
 def test_eps_warmup_is_refused_where_it_cannot_apply(mini_train: ImageDataset) -> None:

@@ -55,11 +55,21 @@ class _Prior:
 
     def _reserve(self, index: Tensor, like: Tensor) -> None:
         shape = like.shape[1:]
-        if self.codes is not None and (self.codes.shape[1:] != shape or self.codes.device != like.device):
+        if self.codes is not None and self.codes.shape[1:] != shape:
             raise ConfigError(
-                f"prior_start keeps one perturbation per training sample of shape {tuple(self.codes.shape[1:])} "
-                f"on {self.codes.device}, got samples of shape {tuple(shape)} on {like.device}: train one data "
-                "set on one device per objective, or reset it with load_state_dict({})"
+                f"prior_start keeps one perturbation per training sample of shape {tuple(self.codes.shape[1:])}, "
+                f"got samples of shape {tuple(shape)}: train one data set per objective, or reset it with "
+                "load_state_dict({})"
+            )
+        # A checkpoint loads on the CPU: resumed on a GPU, the store follows the batches there.
+        if (
+            self.codes is not None
+            and self.scales is not None
+            and self.seen is not None
+            and self.codes.device != like.device
+        ):
+            self.codes, self.scales, self.seen = (
+                t.to(like.device) for t in (self.codes, self.scales, self.seen)
             )
         have = 0 if self.codes is None else self.codes.shape[0]
         if self.capacity is not None and have >= self.capacity:
@@ -95,15 +105,19 @@ class _Prior:
         """
         flat = delta.detach().float().flatten(1)
         scale = flat.abs().amax(dim=1)
+        # A zero or non-finite perturbation is not kept: that sample starts from the uniform draw next time.
+        usable = torch.isfinite(scale) & (scale > 0)
+        scale = torch.where(usable, scale, torch.zeros_like(scale))
         unit = (scale / _LEVELS).clamp_min(torch.finfo(torch.float32).tiny)
-        codes = torch.round(flat / unit[:, None]).clamp_(-_LEVELS, _LEVELS).to(torch.int8)
+        codes = torch.round(flat.nan_to_num(0.0) / unit[:, None]).clamp_(-_LEVELS, _LEVELS).to(torch.int8)
         if distributed.info().enabled:
             index, codes, scale = (_all_rows(t) for t in (index, codes, scale))
+            usable = _all_rows(usable.to(torch.uint8)).bool()  # gloo gathers no bool tensors
         self._reserve(index, delta)
         assert self.codes is not None and self.scales is not None and self.seen is not None
         self.codes[index] = codes.view(-1, *delta.shape[1:])
         self.scales[index] = scale
-        self.seen[index] = True
+        self.seen[index] = usable
 
     def state_dict(self) -> dict[str, Any]:
         if self.codes is None:
@@ -195,10 +209,16 @@ class FastAT(AdversarialObjective):
     ) -> tuple[Tensor, Tensor]:
         start = self.threat.random_init(x, generator, clip=self.clip_start) if self.random_start else x
         if self.prior_start:
-            if index is None or index.shape != y.shape:
+            if (
+                index is None
+                or index.shape != y.shape
+                or index.is_floating_point()
+                or index.is_complex()
+                or index.dtype == torch.bool
+            ):
                 raise ConfigError(
                     "fast-at with prior_start needs each sample's position in the training data: pass "
-                    "index (N,) with the batch (advrobust's trainer does), or drop prior_start"
+                    "index, an (N,) integer tensor, with the batch (advrobust's trainer does), or drop prior_start"
                 )
             start = self._prior.start(index, x, start)
         with attack_context(model, self.attack_mode):

@@ -22,17 +22,21 @@ class _Carry:
     def __init__(self) -> None:
         self.delta: Tensor | None = None
         self.pending: Tensor | None = None
+        self.step: tuple[ThreatModel, float] | None = None
 
-    def settle(self, threat: ThreatModel, step_size: float) -> None:
-        """Apply the step of the last backward: delta <- project(delta + step * direction(grad))."""
+    def settle(self) -> None:
+        """Apply the step of the last backward: delta <- project(delta + step * direction(grad)), with the
+        threat and step size of the call that took the leaf (under an eps warm-up, that step's eps)."""
         leaf, self.pending = self.pending, None
-        if leaf is None or leaf.grad is None or self.delta is None:
+        if leaf is None or leaf.grad is None or self.delta is None or self.step is None:
             return
+        threat, step_size = self.step
         moved = leaf.detach() + step_size * steepest_direction(leaf.grad, threat.norm)
         self.delta[: leaf.shape[0]] = project_delta(moved, threat.norm, threat.eps)
 
-    def take(self, x: Tensor) -> Tensor:
+    def take(self, x: Tensor, threat: ThreatModel, step_size: float) -> Tensor:
         """A leaf copy of the perturbation for this batch (the first N rows; zeros on a new shape)."""
+        self.step = (threat, step_size)
         if self.delta is not None:
             self.delta = self.delta.to(device=x.device, dtype=x.dtype)
         if self.delta is None or self.delta.shape[1:] != x.shape[1:] or self.delta.shape[0] < x.shape[0]:
@@ -74,13 +78,13 @@ class FreeAT(AdversarialObjective):
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
         # The previous call's backward filled the leaf's gradient: take that step first.
-        self._carry.settle(self.threat, self.alpha)
-        delta = self._carry.take(x)
+        self._carry.settle()
+        delta = self._carry.take(x, self.threat, self.alpha)
         logits = model(self.threat.clamp(x + delta))
         return F.cross_entropy(logits.float(), y), logits
 
     def state_dict(self) -> dict[str, Any]:
-        self._carry.settle(self.threat, self.alpha)
+        self._carry.settle()
         delta = self._carry.delta
         return {} if delta is None else {"delta": delta.detach().clone()}
 

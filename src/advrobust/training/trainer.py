@@ -260,7 +260,9 @@ def train(
         if checkpoint_path is None:
             raise ConfigError("resume needs the run directory (out_dir) that holds checkpoint.pt")
         validates = run.holdout is not None
-        state = _matching_checkpoint(checkpoint_path, record, len(run.hooks), validates=validates)
+        state = _matching_checkpoint(
+            checkpoint_path, record, len(run.hooks), validates=validates, defaults=_option_defaults(objective)
+        )
         run.load_state_dict(state)
         start_epoch = run.result.resumed_from = int(state["epoch"])
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -341,8 +343,24 @@ def _check_warmup(objective: Objective, threat: ThreatModel | None) -> None:
         )
 
 
+def _option_defaults(objective: Objective) -> dict[str, Any]:
+    """The objective's options that have a plain default value (a dataclass's), as params() writes them."""
+    if not dataclasses.is_dataclass(objective):
+        return {}
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(objective)
+        if f.init and f.default is not dataclasses.MISSING and isinstance(f.default, (bool, int, float, str))
+    }
+
+
 def _matching_checkpoint(
-    path: Path, record: dict[str, Any], hooks: int, *, validates: bool = True
+    path: Path,
+    record: dict[str, Any],
+    hooks: int,
+    *,
+    validates: bool = True,
+    defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint at ``path``, refused unless it was made with the same settings and callbacks.
 
@@ -358,6 +376,10 @@ def _matching_checkpoint(
         if not validates:
             saved["train"] = _without(saved["train"], VALIDATION_OPTIONS)
             record["train"] = _without(record["train"], VALIDATION_OPTIONS)
+    if isinstance(saved.get("objective"), dict):
+        # The objective's options added after the checkpoint was written take their defaults (``defaults``:
+        # its options with plain default values), which is how it was trained.
+        saved["objective"] = {**(defaults or {}), **saved["objective"]}
     mismatched = sorted(k for k in record if _without_epochs(saved.get(k)) != _without_epochs(record[k]))
     if mismatched:
         named = [_differing(key, saved.get(key), record[key]) for key in mismatched]
