@@ -119,41 +119,13 @@ def test_two_process_ddp_training_matches_one_process_with_the_global_batch(tmp_
     assert read_card(tmp_path / "two").training["samples"] == 512
 
 
-def test_two_process_adversarial_training_runs(tmp_path: Path) -> None:
-    done = _torchrun(
+def _fast_at(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """One epoch of fast-at at linf 0.1 on 2 processes (batch 50 each), robust validation on 100 images."""
+    return _torchrun(
         "train",
         "--defense",
         "fast-at",
-        "--eps",
-        "0.1",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--robust-val",
-        "100",
-        "--out",
-        str(tmp_path / "fast"),
-        "--quiet",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "fast" / "model.safetensors").exists()
-
-
-def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_path: Path) -> None:
-    # Each process trains on its own shard, but the per-sample perturbations are shared at every step: after
-    # one epoch the checkpoint (written by rank 0) holds one for every training sample, not half of them.
-    from advrobust.training.checkpoint import load_checkpoint
-    from advrobust.training.trainer import CHECKPOINT_NAME
-
-    out = tmp_path / "prior"
-    done = _torchrun(
-        "train",
-        "--data",
-        "mnist-mini",
-        "--defense",
-        "fast-at",
-        "--prior-start",
+        *extra,
         "--eps",
         "0.1",
         "--epochs",
@@ -166,6 +138,22 @@ def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_p
         str(out),
         "--quiet",
     )
+
+
+def test_two_process_adversarial_training_runs(tmp_path: Path) -> None:
+    done = _fast_at(tmp_path / "fast")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "fast" / "model.safetensors").exists()
+
+
+def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_path: Path) -> None:
+    # Each process trains on its own shard, but the per-sample perturbations are shared at every step: after
+    # one epoch the checkpoint (written by rank 0) holds one for every training sample, not half of them.
+    from advrobust.training.checkpoint import load_checkpoint
+    from advrobust.training.trainer import CHECKPOINT_NAME
+
+    out = tmp_path / "prior"
+    done = _fast_at(out, "--data", "mnist-mini", "--prior-start")
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(out / CHECKPOINT_NAME)["objective_state"]
     seen = state["seen"]
