@@ -72,15 +72,11 @@ class _Prior:
                 t.to(like.device) for t in (self.codes, self.scales, self.seen)
             )
         have = 0 if self.codes is None else self.codes.shape[0]
-        if self.capacity is not None and have >= self.capacity:
+        # Without capacity, exactly to the largest position: over a shuffled epoch it comes within a few batches.
+        largest = int(index.max()) + 1 if self.capacity is None and index.numel() else 0
+        n = self.capacity if self.capacity is not None else largest
+        if n <= have:
             return
-        if self.capacity is not None:
-            n = self.capacity
-        else:
-            # Exactly to the largest position: over a shuffled epoch the maximum comes within a few batches.
-            n = int(index.max()) + 1 if index.numel() else 0
-            if n <= have:
-                return
         codes = torch.zeros((n, *shape), dtype=torch.int8, device=like.device)
         scales = torch.zeros(n, dtype=torch.float32, device=like.device)
         seen = torch.zeros(n, dtype=torch.bool, device=like.device)

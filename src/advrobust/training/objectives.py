@@ -4,8 +4,8 @@ Beyond ``loss`` and ``params``, an objective may declare (the trainer looks for 
 ``replays`` (optimizer steps per batch, as in Free-AT), ``callbacks()`` (trainer hooks, such as Fast-AT's
 overfitting guard), ``state_dict()`` / ``load_state_dict()`` (state carried between batches, checkpointed),
 ``sample_index`` (true: ``loss`` also takes ``index``, the batch's positions in the training data, as
-Fast-AT's ``prior_start`` does; the trainer first calls ``reserve_samples(number of training samples)``) and a ``threat`` (adversarial objectives: the trainer then reports robust
-accuracy and validates under it).
+Fast-AT's ``prior_start`` does; the trainer first calls ``reserve_samples(number of training samples)``)
+and a ``threat`` (adversarial objectives: the trainer then reports robust accuracy and validates under it).
 """
 
 from __future__ import annotations
