@@ -80,6 +80,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "eps": args.fast_eps,
             "step_size": args.fast_step or (0.5 if args.fast_prior_start else 1.25) * args.fast_eps,
             "prior_start": args.fast_prior_start,
+            "prior_reg": args.fast_prior_reg,
             "epochs": args.fast_epochs,
             "eps_warmup": args.fast_eps_warmup,
             "ema_decay": args.fast_ema,
@@ -124,14 +125,19 @@ OPT_IN = ("mnist-pgd-at", "mnist-trades")
 
 
 def quick_check(
-    run_dir: Path, n: int, suite: str | None = None, holdout_seed: int | None = None
+    run_dir: Path,
+    n: int,
+    suite: str | None = None,
+    holdout_seed: int | None = None,
+    *,
+    test: bool = True,
 ) -> dict[str, float]:
     """Clean and PGD-40 (linf 0.3, one restart) accuracy on the first ``n`` MNIST test images.
 
     With ``suite``, also robust accuracy under that advrobust suite (e.g. ``standard``) and its wall time;
     with ``holdout_seed`` too, the suite's robust accuracy on the training images the trainer held out for
     robust validation (its default 500, drawn with the training seed): a number to choose recipes by
-    without looking at the test set.
+    without looking at the test set (``test=False`` then skips the test images).
     """
     model = advrobust.load_model(run_dir, device="cpu")
     test = advrobust.load_dataset("mnist", split="test").take(n)
@@ -144,6 +150,8 @@ def quick_check(
         result = advrobust.evaluate(model, held, suite, threat=threat, batch_size=250, seed=0)
         check.update(holdout_n=len(held), holdout_clean=result.clean.value)
         check[f"holdout_{suite}_robust"] = result.robust.value
+    if not test:
+        return check
     tick = time.perf_counter()
     result = advrobust.evaluate(model, test, [advrobust.PGD(threat=threat, steps=40)], batch_size=500, seed=0)
     check.update(
@@ -213,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Fast-AT starting each sample from its previous epoch's perturbation, step 0.5 eps (prior_start)",
     )
+    parser.add_argument(
+        "--fast-prior-reg",
+        type=float,
+        default=None,
+        help="Fast-AT: weight of the prior-guided regularizer (prior_reg; default 0, off)",
+    )
     parser.add_argument("--check-n", type=int, default=1000, help="test images for the quick check")
     parser.add_argument(
         "--check-suite", choices=["quick", "standard"], help="also evaluate each model with this suite"
@@ -228,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --check-suite, also run the suite on the trainer's held-out training images",
     )
+    parser.add_argument(
+        "--holdout-only",
+        action="store_true",
+        help="with --check-holdout, skip the test-image checks (screen recipes without the test set)",
+    )
     parser.add_argument("--skip-existing", action="store_true", help="keep run directories already trained")
     return parser
 
@@ -235,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
+    if args.holdout_only and not args.check_holdout:
+        parser.error("--holdout-only needs --check-holdout (and --check-suite)")
     if args.check_holdout and args.check_suite is None:
         parser.error("--check-holdout runs the --check-suite on the held-out images: name the suite too")
     if not os.environ.get("ADVROBUST_DATA"):
@@ -286,18 +307,25 @@ def main() -> None:
             }
         # Only adversarial recipes hold images out (clean training uses every image).
         held_out = args.check_holdout and recipe["defense"] != "standard"
-        check = quick_check(run_dir, args.check_n, args.check_suite, args.seed if held_out else None)
-        print(
-            f"{name}: clean {check['clean']:.1%}, PGD-40 robust {check['pgd40_robust']:.1%} "
-            f"on the first {check['n']} test images ({check['check_seconds']:.1f} s)"
+        check = quick_check(
+            run_dir,
+            args.check_n,
+            args.check_suite,
+            args.seed if held_out else None,
+            test=not (args.holdout_only and held_out),
         )
+        if "clean" in check:
+            print(
+                f"{name}: clean {check['clean']:.1%}, PGD-40 robust {check['pgd40_robust']:.1%} "
+                f"on the first {check['n']} test images ({check['check_seconds']:.1f} s)"
+            )
         if "holdout_n" in check:
             print(
                 f"{name}: {args.check_suite} suite on the {check['holdout_n']:.0f} held-out training "
                 f"images: clean {check['holdout_clean']:.1%}, robust "
                 f"{check[f'holdout_{args.check_suite}_robust']:.1%}"
             )
-        if args.check_suite is not None:
+        if args.check_suite is not None and f"{args.check_suite}_robust" in check:
             print(
                 f"{name}: {args.check_suite} suite robust {check[f'{args.check_suite}_robust']:.1%} "
                 f"({check[f'{args.check_suite}_seconds']:.1f} s)"

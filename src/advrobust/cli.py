@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default: off, the uniform start)",
     )
     adv.add_argument(
+        "--prior-reg",
+        type=float,
+        help="fast-at: weight of the prior-guided regularizer, the squared logit difference between the "
+        "adversarial point and the start (Jia et al. 2022; default: 0, off)",
+    )
+    adv.add_argument(
         "--sigma",
         type=float,
         help="gaussian-augment: noise level, the sigma you will certify with (default: 0.25)",

@@ -71,6 +71,7 @@ class TrainSettings(DataSettings):
     guard: bool | None = None
     guard_patience: int | None = Field(None, ge=0)
     prior_start: bool | None = None
+    prior_reg: float | None = Field(None, ge=0)
     sigma: float | None = Field(None, ge=0)
     # Distillation: the temperature, the weight of the soft-label term, the teacher's run directory.
     temperature: float | None = Field(None, gt=0)

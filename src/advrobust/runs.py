@@ -120,6 +120,7 @@ def build_objective(settings: TrainSettings, *, teacher: nn.Module | None = None
         "guard": settings.guard,
         "guard_patience": settings.guard_patience,
         "prior_start": settings.prior_start,
+        "prior_reg": settings.prior_reg,
         "sigma": settings.sigma,
         "temperature": settings.temperature,
         "alpha": settings.alpha,

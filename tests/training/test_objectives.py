@@ -167,6 +167,42 @@ def test_fast_at_prior_start_starts_each_sample_from_its_last_perturbation(
         objective.loss(model, x, y, generator=gen, index=torch.ones(16, dtype=torch.bool))  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize("prior_start", [False, True], ids=["uniform", "prior"])
+def test_fast_at_prior_reg_adds_the_squared_logit_gap_to_the_start(
+    prior_start: bool, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    import torch.nn.functional as F
+
+    x, y = batch[0][:16], batch[1][:16]
+    model = _bn_model().train()
+    seen: list[tuple[bool, torch.Tensor]] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].detach().clone())))
+    index = torch.arange(16)
+    plain = FastAT(threat=THREAT, prior_start=prior_start)
+    with pytest.raises(ConfigError, match="prior_reg"):
+        FastAT(threat=THREAT, prior_reg=-1.0)
+    for objective in (plain, dataclasses.replace(plain, prior_reg=10.0)):
+        extra = {"index": index} if prior_start else {}
+        seen.clear()
+        loss, logits = objective.loss(model, x, y, generator=torch.Generator().manual_seed(0), **extra)
+        start, adv = seen[0][1], seen[1][1]  # the attack's gradient point, the FGSM point
+        if objective.prior_reg == 0:
+            assert len(seen) == 2  # no forward at the start without the regularizer
+            assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+            continue
+        # One more forward, in train mode, at the start brought inside the ball and the bounds.
+        assert len(seen) == 3 and seen[2][0]
+        at = seen[2][1]
+        assert torch.allclose(at, THREAT.project(start, x)) and bool(THREAT.contains(at, x, tol=1e-6).all())
+        assert float((at - adv).abs().max()) > 0
+        with torch.no_grad():
+            expected = F.cross_entropy(model(adv), y) + 10.0 * F.mse_loss(model(adv), model(at))
+        assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+        # Both ends of the gap carry gradient to the weights (as in the paper's code).
+        loss.backward()
+        assert all(p.grad is not None and bool(p.grad.any()) for p in model.parameters())
+
+
 def test_fast_at_prior_start_keeps_no_zero_or_nan_perturbation() -> None:
     from advrobust.training.fast_at import _Prior
 

@@ -106,12 +106,13 @@ def test_cli_flags_and_yaml_set_each_objectives_options(small_npz: Path, tmp_pat
     assert card.training["config"]["schedule"] == "cyclic"
 
 
-def test_cli_passes_the_guard_options_to_fast_at(small_npz: Path, tmp_path: Path) -> None:
+def test_cli_passes_the_guard_and_prior_options_to_fast_at(small_npz: Path, tmp_path: Path) -> None:
     args = ["train", "--data", str(small_npz), "--defense", "fast-at", "--eps", "0.1", "--epochs", "1"]
-    options = ["--guard-patience", "0", "--robust-val", "0", "--quiet"]
+    options = ["--guard-patience", "0", "--prior-start", "--prior-reg", "2.5", "--robust-val", "0", "--quiet"]
     assert main([*args, *options, "--out", str(tmp_path / "run")]) == 0
     objective = read_card(tmp_path / "run").training["objective"]
     assert objective["guard"] is True and objective["guard_patience"] == 0
+    assert objective["prior_start"] is True and objective["prior_reg"] == 2.5
     with pytest.raises(ConfigError, match="--guard-patience does not apply to --defense pgd-at"):
         build_objective(TrainSettings.model_validate({"defense": "pgd-at", "guard_patience": 2}))
 
