@@ -140,7 +140,6 @@ def quick_check(
     without looking at the test set (``test=False`` then skips the test images).
     """
     model = advrobust.load_model(run_dir, device="cpu")
-    test = advrobust.load_dataset("mnist", split="test").take(n)
     threat = advrobust.ThreatModel(norm="linf", eps=0.3)
     check: dict[str, float] = {}
     if suite is not None and holdout_seed is not None:
@@ -152,8 +151,9 @@ def quick_check(
         check[f"holdout_{suite}_robust"] = result.robust.value
     if not test:
         return check
+    images = advrobust.load_dataset("mnist", split="test").take(n)
     tick = time.perf_counter()
-    result = advrobust.evaluate(model, test, [advrobust.PGD(threat=threat, steps=40)], batch_size=500, seed=0)
+    result = advrobust.evaluate(model, images, [advrobust.PGD(threat=threat, steps=40)], batch_size=500, seed=0)
     check.update(
         {
             "n": n,
@@ -164,7 +164,7 @@ def quick_check(
     )
     if suite is not None:
         tick = time.perf_counter()
-        result = advrobust.evaluate(model, test, suite, threat=threat, batch_size=250, seed=0)
+        result = advrobust.evaluate(model, images, suite, threat=threat, batch_size=250, seed=0)
         check[f"{suite}_robust"] = result.robust.value
         check[f"{suite}_seconds"] = time.perf_counter() - tick
     return check
