@@ -149,13 +149,17 @@ def test_two_process_adversarial_training_runs(tmp_path: Path) -> None:
 def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_path: Path) -> None:
     # Each process trains on its own shard, but the per-sample perturbations are shared at every step: after
     # one epoch the checkpoint (written by rank 0) holds one for every training sample, not half of them.
+    # The prior-guided regularizer's second training forward goes through DDP as well.
     from advrobust.training.checkpoint import load_checkpoint
     from advrobust.training.trainer import CHECKPOINT_NAME
 
     out = tmp_path / "prior"
-    done = _fast_at(out, "--data", "mnist-mini", "--prior-start")
+    done = _fast_at(out, "--data", "mnist-mini", "--prior-start", "--prior-reg", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(out / CHECKPOINT_NAME)["objective_state"]
     seen = state["seen"]
     assert seen.dtype == torch.bool and bool(seen.all())
     assert seen.shape[0] == state["codes"].shape[0] == state["scales"].shape[0] > 100
+    from advrobust.models import read_card
+
+    assert read_card(out).training["objective"]["prior_reg"] == 1
