@@ -178,29 +178,45 @@ def test_fast_at_prior_reg_adds_the_squared_logit_gap_to_the_start(
     seen: list[tuple[bool, torch.Tensor]] = []
     model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].detach().clone())))
     index = torch.arange(16)
-    plain = FastAT(threat=THREAT, prior_start=prior_start)
+    extra = {"index": index} if prior_start else {}
     with pytest.raises(ConfigError, match="prior_reg"):
         FastAT(threat=THREAT, prior_reg=-1.0)
-    for objective in (plain, dataclasses.replace(plain, prior_reg=10.0)):
-        extra = {"index": index} if prior_start else {}
-        seen.clear()
-        loss, logits = objective.loss(model, x, y, generator=torch.Generator().manual_seed(0), **extra)
-        start, adv = seen[0][1], seen[1][1]  # the attack's gradient point, the FGSM point
-        if objective.prior_reg == 0:
-            assert len(seen) == 2  # no forward at the start without the regularizer
-            assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
-            continue
-        # One more forward, in train mode, at the start brought inside the ball and the bounds.
-        assert len(seen) == 3 and seen[2][0]
-        at = seen[2][1]
-        assert torch.allclose(at, THREAT.project(start, x)) and bool(THREAT.contains(at, x, tol=1e-6).all())
-        assert float((at - adv).abs().max()) > 0
-        with torch.no_grad():
-            expected = F.cross_entropy(model(adv), y) + 10.0 * F.mse_loss(model(adv), model(at))
-        assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-        # Both ends of the gap carry gradient to the weights (as in the paper's code).
-        loss.backward()
-        assert all(p.grad is not None and bool(p.grad.any()) for p in model.parameters())
+    plain = FastAT(threat=THREAT, prior_start=prior_start)
+    seen.clear()
+    loss, logits = plain.loss(model, x, y, generator=torch.Generator().manual_seed(0), **extra)
+    assert len(seen) == 2  # no forward at the start without the regularizer
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+
+    objective = FastAT(threat=THREAT, prior_start=prior_start, prior_reg=10.0)
+    first = objective.loss(model, x, y, generator=torch.Generator().manual_seed(0), **extra)[0]
+    kept = seen[-2][1] - x  # the FGSM point of that call
+    seen.clear()
+    # The second call: with prior_start its start is the kept perturbation, not a fresh draw.
+    loss, _ = objective.loss(model, x, y, generator=torch.Generator().manual_seed(1), **extra)
+    assert first.requires_grad
+    start, adv = seen[0][1], seen[1][1]  # the attack's gradient point, the FGSM point
+    if prior_start:
+        unit = kept.flatten(1).abs().amax(dim=1).view(-1, 1, 1, 1) / 127
+        assert bool(((start - x - kept).abs() <= unit / 2 + 1e-6).all())
+    # One more forward, in train mode, at the start brought inside the ball and the bounds.
+    assert len(seen) == 3 and seen[2][0]
+    at = seen[2][1]
+    assert torch.allclose(at, THREAT.project(start, x)) and bool(THREAT.contains(at, x, tol=1e-6).all())
+    assert float((at - adv).abs().max()) > 0
+    # The loss and its weight gradients are those of CE(f(adv)) + 10 * MSE(f(adv), f(start)), the gradient
+    # flowing through both ends of the gap (as in the paper's code), not through f(adv) alone.
+    params = list(model.parameters())
+    got = torch.autograd.grad(loss, params)
+    expected = F.cross_entropy(model(adv), y) + 10.0 * F.mse_loss(model(adv), model(at))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    for g, e in zip(got, torch.autograd.grad(expected, params), strict=True):
+        assert torch.allclose(g, e, rtol=1e-3, atol=1e-5)
+    one_end = F.cross_entropy(model(adv), y) + 10.0 * F.mse_loss(model(adv), model(at).detach())
+    differs = [
+        not torch.allclose(g, e, rtol=1e-3, atol=1e-5)
+        for g, e in zip(got, torch.autograd.grad(one_end, params), strict=True)
+    ]
+    assert any(differs)
 
 
 def test_fast_at_prior_start_keeps_no_zero_or_nan_perturbation() -> None:

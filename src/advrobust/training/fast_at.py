@@ -239,7 +239,8 @@ class FastAT(AdversarialObjective):
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         if self.prior_reg > 0:
-            # The start as the attack saw it, inside the ball and the bounds; the model in its training mode.
+            # The attack's start projected into the ball and the bounds (the attack took its gradient there
+            # unprojected unless clip_start), through the model in its training mode.
             at_start = model(self.threat.project(start.detach(), x))
             loss = loss + self.prior_reg * F.mse_loss(logits.float(), at_start.float())
         return loss, logits
