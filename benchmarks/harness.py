@@ -95,13 +95,14 @@ ATTACKS: dict[str, AttackSpec] = {
         0.3,
         "torchattacks' AutoAttack-standard attacks as its AutoAttack builds them (APGD-CE, APGD-T, FAB-T with "
         "torchattacks' default 10 steps, Square 5000) run one by one as a cascade on the still-robust samples "
-        "of each batch, timed per attack (what its MultiAttack does)",
+        "of each batch, timed per attack (what its MultiAttack does); advrobust: its standard suite with the "
+        "same budget (APGD-CE, APGD-T and FAB-T at 10 steps, Square 5000) via evaluate",
     ),
     "autoattack-parts-100": AttackSpec(
         "linf",
         0.3,
         "as autoattack-parts but APGD-CE, APGD-T and FAB-T with the reference AutoAttack's 100 steps "
-        "(context: not torchattacks' AutoAttack, which uses 10)",
+        "(context: not torchattacks' AutoAttack, which uses 10); advrobust: its standard suite, as 'autoattack'",
     ),
     "apgd-ce-only": AttackSpec("linf", 0.3, "advrobust APGD-CE (100 steps, 1 restart) via evaluate"),
     "pgd40-eval": AttackSpec("linf", 0.3, "advrobust PGD-40 (step 0.01875, 1 restart) via evaluate"),
@@ -209,9 +210,15 @@ def advrobust_case(
     spec = ATTACKS[attack]
     threat = advrobust.ThreatModel(norm=spec.norm, eps=spec.eps)
     extra: dict[str, Any] = {}
-    if attack in (*AUTOATTACKS, "apgd-ce-only", "pgd40-eval"):
-        if attack in AUTOATTACKS:
+    if attack in (*AUTOATTACKS, "autoattack-parts", "autoattack-parts-100", "apgd-ce-only", "pgd40-eval"):
+        if attack in (*AUTOATTACKS, "autoattack-parts-100"):
             suite = build_suite("standard", threat)
+        elif attack == "autoattack-parts":
+            # torchattacks' AutoAttack as it ships: the gradient members at 10 iterations, Square unchanged.
+            suite = [
+                dataclasses.replace(a, steps=10) if hasattr(a, "steps") else a
+                for a in build_suite("standard", threat)
+            ]
         elif attack == "apgd-ce-only":
             suite = [create_attack("apgd", threat=threat, loss="ce", steps=100)]
         else:
