@@ -5,8 +5,9 @@ Fast-AT small CNN (``benchmarks/train_models.py``), the standard suite's robust 
 points of, or below, the reference AutoAttack, and its wall time no worse. The reference is Croce & Hein's
 own code (github.com/fra31/auto-attack), which PyPI carries as ``pyautoattack`` (peer ``reference``); the
 AutoAttack of adversarial-robustness-toolbox and of torchattacks are compared too (torchattacks' runs 10
-iterations per gradient attack where the reference runs 100, so its members are also run at 100). Context
-rows: advrobust APGD-CE alone and PGD-40, both through ``evaluate``.
+iterations per gradient attack where the reference runs 100, so its members are also run at 100, and
+advrobust's suite is also run at torchattacks' 10: two equal-budget comparisons). Context rows: advrobust
+APGD-CE alone and PGD-40, both through ``evaluate``.
 
 Each (library, attack, model) runs in a fresh process (``benchmarks/harness.py``): wall time of the attack
 only, peak RSS, robust accuracy recomputed from the returned examples, and every returned example checked
@@ -72,7 +73,8 @@ def main() -> None:
     parser.add_argument(
         "--skip-breakdown",
         action="store_true",
-        help="no per-attack timing of torchattacks' members (at its 10 steps and at the reference's 100)",
+        help="no per-attack timing of torchattacks' members (at its 10 steps and at the reference's 100) "
+        "and no advrobust suite at 10 steps (the equal-budget row against torchattacks as shipped)",
     )
     parser.add_argument("--skip-context", action="store_true", help="no APGD-CE / PGD-40 rows")
     parser.add_argument(
@@ -135,8 +137,10 @@ def main() -> None:
         if not args.skip_breakdown and args.norm == "linf":
             specs.append(spec("torchattacks", "autoattack-parts", model, args.n))
             specs.append(spec("torchattacks", "autoattack-parts-100", model, args.n))
-            # advrobust's suite at torchattacks' shipped budget (10 iterations): the equal-budget comparison.
-            specs.append(spec("advrobust", "autoattack-parts", model, args.n))
+            if "torchattacks" in peers:
+                # advrobust's suite at torchattacks' shipped budget (10 iterations), on as many images as
+                # torchattacks' AutoAttack: the equal-budget comparison with it.
+                specs.append(spec("advrobust", "autoattack-parts", model, limited["torchattacks"]))
         if not args.skip_context and args.norm == "linf":
             specs.append(spec("advrobust", "apgd-ce-only", model, args.n))
             specs.append(spec("advrobust", "pgd40-eval", model, args.n))
@@ -167,7 +171,7 @@ def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if c["attack"] in harness.AUTOATTACKS:
             pairs.append((c, c["attack"], c["library"]))
             if c["library"] == "torchattacks" and c["attack"] == "autoattack":
-                pairs.append((c, "autoattack-parts", "torchattacks (advrobust at its 10 steps)"))
+                pairs.append((c, "autoattack-parts", "torchattacks, advrobust's suite at its 10 steps"))
         elif c["attack"] == "autoattack-parts-100":
             # torchattacks' members at 100 iterations are linf, as the suite they stand for.
             pairs.append((c, "autoattack", f"{c['library']} (100 steps, as the reference)"))
@@ -192,6 +196,9 @@ def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "model": peer["model_name"],
                 "peer": label,
+                "peer_library": peer["library"],
+                "peer_attack": peer["attack"],
+                "advrobust_attack": attack,
                 "n": peer["n"],
                 "advrobust_robust": ours["robust_accuracy"],
                 "peer_robust": peer["robust_accuracy"],
