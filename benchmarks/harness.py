@@ -632,6 +632,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         out["success_rate"] = int(success.sum()) / n_clean
         out["mean_l2_success"] = float(l2[success].mean()) if bool(success.any()) else None
         out["median_l2_success"] = float(l2[success].median()) if bool(success.any()) else None
+        # Per image: the l2 distance where the attack succeeded, else None (compare_attacks compares libraries
+        # on the images both fooled).
+        out["l2_success"] = [
+            round(d, 7) if s else None for d, s in zip(l2.tolist(), success.tolist(), strict=True)
+        ]
     out["robust_correct"] = int(robust_flags.sum())
     out["robust_accuracy"] = float(robust_flags.float().mean())
     out["robust_flags"] = "".join("1" if f else "0" for f in robust_flags.tolist())

@@ -95,7 +95,7 @@ def test_compare_attacks_runs_and_checks_every_example(
         "compare_attacks.py",
         [
             "--models", str(bench_models), "--model", "mnist-standard",
-            "--n", "40", "--batch-size", "20", "--attacks", "fgsm,pgd40-linf,apgd-ce,square",
+            "--n", "40", "--batch-size", "20", "--attacks", "fgsm,pgd40-linf,apgd-ce,square,cw-l2",
             "--libraries", "advrobust,torchattacks", "--skip-resnet", "--rounds", "1", "--repeat-under", "0",
             *QUICK,
         ],
@@ -103,12 +103,21 @@ def test_compare_attacks_runs_and_checks_every_example(
         tmp_path / "compare.json",
     )  # fmt: skip
     cases = {(c["library"], c["attack"]): c for c in report["cases"]}
-    assert set(cases) == {
-        (lib, a) for lib in ("advrobust", "torchattacks") for a in ("fgsm", "pgd40-linf", "apgd-ce", "square")
-    }
-    for attack in ("fgsm", "pgd40-linf", "apgd-ce", "square"):
-        _check_attack_case(cases[("advrobust", attack)])
+    attacks = ("fgsm", "pgd40-linf", "apgd-ce", "square", "cw-l2")
+    assert set(cases) == {(lib, a) for lib in ("advrobust", "torchattacks") for a in attacks}
+    for attack in attacks:
+        ours = cases[("advrobust", attack)]
+        assert ours["status"] == "ok", ours.get("error")
+        assert ours["bounds_violations"] == 0
+        if attack != "cw-l2":  # minimum-norm: no eps-ball to stay in
+            _check_attack_case(ours)
         _check_peer(cases[("torchattacks", attack)], "torchattacks")
+    # CW: one distance per image where it succeeded, None elsewhere.
+    cw = cases[("advrobust", "cw-l2")]
+    found = [d for d in cw["l2_success"] if d is not None]
+    assert len(cw["l2_success"]) == 40
+    assert len(found) == round(cw["success_rate"] * cw["clean_correct"]) > 0
+    assert sum(found) / len(found) == pytest.approx(cw["mean_l2_success"], rel=1e-5)
     # A normally trained CNN at linf 0.3: PGD-40 and APGD break every image (FGSM does not have to).
     assert cases[("advrobust", "pgd40-linf")]["clean_accuracy"] > 0.8
     assert cases[("advrobust", "pgd40-linf")]["robust_accuracy"] == 0
@@ -246,3 +255,49 @@ def test_verdicts_in_l2_have_no_equal_budget_row(autoattack_script: ModuleType):
         ("reference", "autoattack-l2"),
     }
     assert all(v["accuracy_ok"] for v in rows)
+
+
+@pytest.fixture
+def compare_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("compare_attacks")
+
+
+def _cw(library: str, l2: list[float | None], ips: float) -> dict[str, Any]:
+    successes = [d for d in l2 if d is not None]
+    return {
+        "library": library,
+        "attack": "cw-l2",
+        "model_name": "mnist-fast-at",
+        "status": "ok",
+        "images_per_second": ips,
+        "success_rate": len(successes) / len(l2),
+        "mean_l2_success": sum(successes) / len(successes),
+        "l2_success": l2,
+    }
+
+
+def _cw_goal(script: ModuleType, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    (goal,) = [g for g in script.goals([ours, theirs], []) if g["goal"].startswith("CW-L2")]
+    return goal
+
+
+def test_cw_goal_compares_distances_on_the_images_both_fool(compare_script: ModuleType):
+    # advrobust fools one more image, a far one: its mean over its own successes is higher, but on the
+    # images both fool its distances are the same (up to float32 rounding) and the goal is met.
+    ours = _cw("advrobust", [0.4, None, 0.5000001, 0.98], ips=90.0)
+    theirs = _cw("torchattacks", [0.4, None, 0.5, None], ips=50.0)
+    assert ours["mean_l2_success"] > theirs["mean_l2_success"]
+    assert compare_script.common_l2(ours, theirs) == (2, pytest.approx(0.45000005), pytest.approx(0.45))
+    goal = _cw_goal(compare_script, ours, theirs)
+    assert goal["met"], goal["value"]
+    assert "on the 2 both fool" in goal["value"]
+    # Farther on the shared images, fewer successes, or slower: not met.
+    farther = _cw("advrobust", [0.41, None, 0.5, 0.98], ips=90.0)
+    assert not _cw_goal(compare_script, farther, theirs)["met"]
+    fewer = _cw("advrobust", [0.4, None, None, None], ips=90.0)
+    assert not _cw_goal(compare_script, fewer, theirs)["met"]
+    slower = _cw("advrobust", [0.4, None, 0.5, 0.98], ips=40.0)
+    assert not _cw_goal(compare_script, slower, theirs)["met"]
+    # Without per-image distances (older JSON) there is nothing to compare on: not met.
+    assert compare_script.common_l2({**ours, "l2_success": None}, theirs) == (0, None, None)
