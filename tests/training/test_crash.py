@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -67,3 +69,15 @@ def test_random_and_truncated_checkpoints_are_refused_cleanly(tmp_path: Path, da
     except ModelFileError:
         return
     raise AssertionError("random bytes were accepted as a checkpoint")
+
+
+def test_a_foreign_pickle_header_is_refused_with_our_error_alone(tmp_path: Path) -> None:
+    # A pickle protocol byte torch does not know (0x80 0xd9: protocol 217) made torch warn before failing.
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"\x80\xd9" + bytes(40))
+    # (Recorded, not turned into errors: load_checkpoint would turn such an error into its own.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelFileError, match="corrupt, truncated"):
+            load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []

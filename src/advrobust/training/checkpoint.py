@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"no checkpoint at {target}: start without --resume, or point at the run directory"
         )
     try:
-        state = torch.load(target, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Foreign bytes can read as a pickle of an unknown protocol: torch warns, then fails, and the
+            # error below already says what the file is.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated zips and refused globals
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelFileError(
