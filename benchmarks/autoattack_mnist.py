@@ -175,16 +175,13 @@ def verdicts(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif c["attack"] == "autoattack-parts-100":
             # torchattacks' members at 100 iterations are linf, as the suite they stand for.
             pairs.append((c, "autoattack", f"{c['library']} (100 steps, as the reference)"))
-    ok = [c for c in ok if c["library"] == "advrobust"]
+    ours_ok = [c for c in ok if c["library"] == "advrobust"]
     for peer, attack, label in pairs:
         ours = next(
             (
                 c
-                for c in ok
-                if c["library"] == "advrobust"
-                and c["attack"] == attack
-                and c["model_name"] == peer["model_name"]
-                and c["n"] == peer["n"]
+                for c in ours_ok
+                if c["attack"] == attack and c["model_name"] == peer["model_name"] and c["n"] == peer["n"]
             ),
             None,
         )

@@ -188,10 +188,15 @@ def test_compare_training_times_an_epoch(real_mnist_root: Path, tmp_path: Path):
 # ----------------------------------------------------------------------------- verdicts, made-up cases
 
 
+def _import_script(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the scripts import ``harness`` from their own folder)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
 @pytest.fixture
 def autoattack_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module("autoattack_mnist")
+    return _import_script(monkeypatch, "autoattack_mnist")
 
 
 def _case(
@@ -259,8 +264,7 @@ def test_verdicts_in_l2_have_no_equal_budget_row(autoattack_script: ModuleType):
 
 @pytest.fixture
 def compare_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module("compare_attacks")
+    return _import_script(monkeypatch, "compare_attacks")
 
 
 def _cw(library: str, l2: list[float | None], ips: float) -> dict[str, Any]:
