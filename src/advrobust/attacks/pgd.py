@@ -142,7 +142,8 @@ class _Run:
     def keep(self, point: Tensor, logits: Tensor, loss: Tensor) -> None:
         success = is_adversarial(logits, self.y, self.targets)
         kept = self.loss.dtype
-        score = torch.where(success, math.inf, loss.to(kept).clamp_max(torch.finfo(kept).max))
+        # masked_fill takes the scalar as it is (torch.where would first wrap it in a tensor, every step).
+        score = loss.to(kept).clamp_max(torch.finfo(kept).max).masked_fill_(success, math.inf)
         better = score > self.loss  # never once fooled: nothing beats +inf
         mask = better.reshape(-1, *([1] * (point.dim() - 1)))
         if self.own:  # update in place: one buffer for the whole run instead of a new one per step
