@@ -156,7 +156,37 @@ def test_eot_averages_over_draws(trained_cnn: nn.Module, batch: Batch, counting:
     averaged = APGD(threat=threat, steps=5, eot_iter=2)(twice, x, y, generator=seeded(), check=False)
     # On a deterministic model the average of identical draws is the draw itself.
     assert torch.equal(plain, averaged)
-    assert twice.samples - 50 == 2 * (once.samples - 50)  # one clean pass, then eot_iter passes per point
+    assert twice.samples == 2 * once.samples  # eot_iter passes for the clean check and per point
+
+
+class _Flicker(nn.Module):
+    """A "random" model whose draws alternate: odd calls put class y + 1 on top (by 10), even ones class y
+    (by 30), so any one draw may misclassify while the average (15 vs 5) does not."""
+
+    randomized = True
+
+    def __init__(self, y: torch.Tensor) -> None:
+        super().__init__()
+        self.y, self.calls, self.samples = y, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.samples += x.shape[0]
+        y = self.y[: x.shape[0]]
+        top = (y + 1) % 10 if self.calls % 2 else y
+        logits = torch.nn.functional.one_hot(top, 10).to(x.dtype) * (10.0 if self.calls % 2 else 30.0)
+        return logits + 0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_eot_judges_the_clean_input_on_averaged_draws(batch: Batch) -> None:
+    x, y = batch[0][:20], batch[1][:20]
+    threat = ThreatModel(eps=0.1)
+    single = _Flicker(y)
+    APGD(threat=threat, steps=3)(single, x, y, generator=seeded(), check=False)
+    assert single.samples == 20  # its one clean draw misclassified everything: nothing attacked
+    averaged = _Flicker(y)
+    APGD(threat=threat, steps=3, eot_iter=2)(averaged, x, y, generator=seeded(), check=False)
+    assert averaged.samples > 2 * 20  # the average is correct everywhere: every sample is attacked
 
 
 def test_samples_fooled_at_x_come_back_unchanged(

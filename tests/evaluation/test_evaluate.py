@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -120,6 +121,96 @@ def test_interrupted_evaluation_resumes_from_its_state_file(
     assert resumed.attacks[0].attacked == straight.attacks[0].attacked
     with pytest.raises(ConfigError, match="another evaluation"):
         evaluate(trained_cnn, batch, attacks, batch_size=50, seed=2, state_path=state)
+
+
+def test_a_state_file_is_refused_for_another_model_or_other_data(
+    tmp_path: Path, trained_cnn: nn.Module, batch: Batch
+) -> None:
+    threat = ThreatModel(eps=0.1)
+    attacks = [PGD(threat=threat, steps=3)]
+    x, y = batch
+    state = tmp_path / "state.json"
+    evaluate(trained_cnn, (x[:100], y[:100]), attacks, batch_size=50, state_path=state)
+    # Other weights in the same architecture: the state's results are not this model's.
+    other = copy.deepcopy(trained_cnn)
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.5)
+    with pytest.raises(ConfigError, match="another model or other weights"):
+        evaluate(other, (x[:100], y[:100]), attacks, batch_size=50, state_path=state)
+    # Other images in a batch the state holds.
+    with pytest.raises(ConfigError, match="other data"):
+        evaluate(trained_cnn, (x[100:200], y[100:200]), attacks, batch_size=50, state_path=state)
+    # Fewer samples than the state holds.
+    with pytest.raises(ConfigError, match="fewer samples"):
+        evaluate(trained_cnn, (x[:50], y[:50]), attacks, batch_size=50, state_path=state)
+    # More samples: the state's batches are kept, the new one is attacked.
+    more = evaluate(trained_cnn, (x[:150], y[:150]), attacks, batch_size=50, state_path=state)
+    assert more.meta["resumed_batches"] == 2 and more.n == 150
+
+
+class _NaNOffTheGrid(nn.Module):
+    """The model's logits on inputs of the 1/255 grid (the data), NaN anywhere else (attacked points)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(x)
+        on_grid = ((x * 255 - (x * 255).round()).abs() < 1e-3).flatten(1).all(dim=1)
+        return torch.where(on_grid.unsqueeze(1), logits, torch.full_like(logits, float("nan")))
+
+
+def test_non_finite_logits_under_attack_count_as_not_robust(trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch
+    model = _NaNOffTheGrid(trained_cnn).eval()
+    # FGSM's point is off the grid for every sample, so the model answers NaN there; argmax reads a NaN row
+    # as class 0: without the check every clean-correct 0 would count as robust.
+    result = evaluate(model, (x, y), [FGSM(threat=ThreatModel(eps=0.1))], batch_size=100)
+    zeros = (y == 0) & torch.tensor(result.clean_correct)
+    assert int(zeros.sum()) > 0
+    assert result.robust.correct == 0
+    assert result.meta["nonfinite_logits"] == result.clean.correct
+    assert "non-finite" in result.meta["nonfinite_note"]
+
+
+class _Noisy(nn.Module):
+    """Gaussian noise on the input from the global RNG, then the model: a randomized defense."""
+
+    randomized = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model((x + 0.5 * torch.randn_like(x)).clamp(0, 1))
+        return out
+
+
+def test_a_randomized_model_is_reproduced_by_the_seed(trained_cnn: nn.Module, batch: Batch) -> None:
+    model = _Noisy(trained_cnn).eval()
+    attacks = [FGSM(threat=ThreatModel(eps=0.1))]
+    torch.manual_seed(1)
+    a = evaluate(model, batch, attacks, batch_size=100, seed=5)
+    after = torch.rand(1)
+    torch.manual_seed(2)
+    b = evaluate(model, batch, attacks, batch_size=100, seed=5)
+    c = evaluate(model, batch, attacks, batch_size=100, seed=6)
+    assert a.clean_correct == b.clean_correct and a.robust_correct == b.robust_correct
+    assert c.clean_correct != a.clean_correct  # the noise does come from the seed
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(1), after)  # the caller's RNG is left as it was
+    assert "randomized" in a.meta["randomness"]
+
+
+def test_without_a_cascade_each_attack_reports_what_it_fooled(trained_cnn: nn.Module, batch: Batch) -> None:
+    threat = ThreatModel(eps=0.15)
+    attacks = [PGD(threat=threat, steps=10), PGD(threat=threat, steps=10, loss="margin")]
+    result = evaluate(trained_cnn, batch, attacks, batch_size=200, cascade=False)
+    for attack in result.attacks:
+        assert attack.fooled == attack.attacked - attack.accuracy.correct
+    assert result.attacks[1].fooled > 0  # breaks samples the first attack broke too
 
 
 def test_batches_are_seeded_independently(trained_cnn: nn.Module, batch: Batch) -> None:

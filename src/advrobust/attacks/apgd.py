@@ -119,7 +119,12 @@ class APGD(Attack):
     ) -> Tensor:
         x = x.detach()  # the runs write into their own buffers, cloned from x: none may carry a graph
         with torch.no_grad():
+            # A randomized model (eot_iter > 1) is judged on its logits averaged over as many draws as the
+            # steps use: one draw that happens to misclassify must not leave a sample unattacked.
             logits = model(x)
+            for _ in range(self.eot_iter - 1):
+                logits = logits + model(x)
+            logits = logits / self.eot_iter
         if targets is not None or not self.targeted:
             goals: list[Tensor | None] = [targets]
         else:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust import distributed
+from advrobust.attacks.adaptive import is_randomized
 from advrobust.attacks.base import Attack
 from advrobust.contract import ACCESS_LEVELS, Access, check_inputs, check_labels, check_outputs, eval_mode
 from advrobust.errors import ConfigError, DataError, InputError
@@ -23,7 +25,11 @@ from advrobust.threat import ThreatModel
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 ProgressFn = Callable[[int, int], None]
-STATE_FORMAT = "advrobust.eval-state/1"
+STATE_FORMAT = "advrobust.eval-state/2"
+NONFINITE_NOTE = (
+    "the model returned non-finite logits (NaN or inf) for {count} attacked point(s); they count as not robust "
+    "(an argmax over NaN would read class 0): check the model or defense for overflow off the data"
+)
 BLACK_BOX_NOTE = (
     "black-box ({access}) evaluation: only gradient-free attacks ran, so robust accuracy is an upper bound; "
     "a white-box evaluation of the same model can only find it lower"
@@ -88,6 +94,22 @@ def auto_batch_size(device: torch.device, sample_shape: Sequence[int]) -> int:
     return min(4096, max(64, size))
 
 
+@contextlib.contextmanager
+def _seeded_randomness(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+    """For a model that declares ``randomized``: its draws from the global RNG (of ``device``) come from
+    ``seed`` inside the block, and the caller's RNG state is restored after it. Other models: nothing."""
+    if not is_randomized(model):
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 class _Chunker:
     """Runs a per-sample function on a batch in chunks of at most ``limit`` samples (``None``: all at once),
     halving the limit after an out-of-memory error and retrying; the limit then stays for later batches.
@@ -126,6 +148,8 @@ class _BatchRecord:
     violations: list[int]
     seconds: list[float]
     clean_seconds: float
+    nonfinite: int = 0  # attacked points whose logits were not all finite (counted as not robust)
+    data_sha256: str = ""  # the batch's inputs and labels, to refuse resuming on other data
 
 
 def _run_batch(
@@ -140,13 +164,18 @@ def _run_batch(
     index: int,
     chunker: _Chunker,
 ) -> _BatchRecord:
+    nonfinite = 0
+
     def predict(xs: Tensor, ys: Tensor, chunk: int) -> Tensor:
+        # Correct means finite logits with the label on top: argmax reads a row of NaN as class 0.
         with torch.no_grad():
-            ok: Tensor = model(xs).argmax(dim=1) == ys
-        return ok
+            logits = model(xs)
+        finite = torch.isfinite(logits).all(dim=1)
+        ok: Tensor = (logits.argmax(dim=1) == ys) & finite
+        return torch.stack((ok, finite), dim=1)
 
     tick = _time()
-    clean_ok = chunker.run(predict, x, y)
+    clean_ok = chunker.run(predict, x, y)[:, 0]
     clean_seconds = _time() - tick
     robust_ok = clean_ok.clone()
     broken = torch.where(clean_ok, -1, -2)
@@ -163,8 +192,9 @@ def _run_batch(
 
         tick = _time()
         x_adv = chunker.run(run, x[idx], y[idx])
-        ok = chunker.run(lambda xs, ys, chunk: predict(xs, ys, chunk), x_adv, y[idx])
+        ok, finite = chunker.run(predict, x_adv, y[idx]).unbind(dim=1)
         seconds[i] = _time() - tick
+        nonfinite += int((~finite).sum())
         violations[i] = int((~threat.contains(x_adv, x[idx])).sum())
         attacked[i] = idx.numel()
         survived[i] = int(ok.sum())
@@ -181,20 +211,55 @@ def _run_batch(
         violations=violations,
         seconds=seconds,
         clean_seconds=clean_seconds,
+        nonfinite=nonfinite,
     )
 
 
 def _fingerprint(
-    attacks: Sequence[Attack], threat: ThreatModel, seed: int, cascade: bool, batch_size: int
+    model: nn.Module,
+    attacks: Sequence[Attack],
+    threat: ThreatModel,
+    *,
+    seed: int,
+    cascade: bool,
+    batch_size: int,
+    access: Access,
 ) -> str:
+    """What makes two evaluations the same one: the model (its structure and every weight), the attacks,
+    threat, seed, cascade, batch size and access. The data are checked batch by batch (``_data_digest``)."""
     spec = {
+        "model": _model_digest(model),
         "threat": threat.to_dict(),
         "attacks": [[a.name, a.params()] for a in attacks],
         "seed": seed,
         "cascade": cascade,
         "batch_size": batch_size,
+        "access": access,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _update(digest: Any, tensor: Tensor) -> None:
+    flat = tensor.detach().reshape(-1)
+    digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+    digest.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def _model_digest(model: nn.Module) -> str:
+    """sha256 of the model's printed structure (with its modules' settings) and of every parameter and buffer."""
+    digest = hashlib.sha256(f"{type(model).__qualname__}\n{model!r}\n".encode())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if isinstance(tensor, Tensor):
+            digest.update(name.encode())
+            _update(digest, tensor)
+    return digest.hexdigest()
+
+
+def _data_digest(x: Tensor, y: Tensor) -> str:
+    digest = hashlib.sha256()
+    _update(digest, x)
+    _update(digest, y)
+    return digest.hexdigest()
 
 
 def _load_state(path: Path, fingerprint: str) -> list[_BatchRecord]:
@@ -211,10 +276,18 @@ def _load_state(path: Path, fingerprint: str) -> list[_BatchRecord]:
         ) from None
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(
-            f"evaluation state {path} belongs to another evaluation (other attacks, threat, seed or batch size): "
-            "delete it or use another state file"
+            f"evaluation state {path} belongs to another evaluation (another model or other weights, attacks, "
+            "threat, seed, batch size or access): delete it or use another state file"
         )
     return records
+
+
+def _check_resumed(path: Path, record: _BatchRecord, x: Tensor, y: Tensor) -> None:
+    if len(record.clean) != x.shape[0] or record.data_sha256 != _data_digest(x, y):
+        raise ConfigError(
+            f"evaluation state {path} was written for other data (batch {record.index} differs): "
+            "delete it or use another state file"
+        )
 
 
 def evaluate(
@@ -278,9 +351,15 @@ def evaluate(
     state_file = Path(state_path) if state_path is not None else None
     if state_file is not None and group.enabled:
         state_file = state_file.with_name(f"{state_file.name}.rank{group.rank}-of-{group.world_size}")
-    fingerprint = _fingerprint(attacks, threat, seed, cascade, batch_size)
-    records = _load_state(state_file, fingerprint) if state_file is not None else []
-    finished = {r.index for r in records}
+    records: list[_BatchRecord] = []
+    fingerprint = ""
+    if state_file is not None:
+        fingerprint = _fingerprint(
+            model, attacks, threat, seed=seed, cascade=cascade, batch_size=batch_size, access=access
+        )
+        records = _load_state(state_file, fingerprint)
+    finished = {r.index: r for r in records}
+    seen: set[int] = set()
 
     done = sum(len(r.clean) for r in records)
     start = _time()
@@ -289,7 +368,12 @@ def evaluate(
         for index, (x, y) in enumerate(batches):
             # Under torchrun each rank takes every world_size-th batch; batches are seeded independently,
             # so the gathered result equals the single-process one.
-            if index % group.world_size != group.rank or index in finished:
+            if index % group.world_size != group.rank:
+                continue
+            seen.add(index)
+            if index in finished:
+                assert state_file is not None
+                _check_resumed(state_file, finished[index], x, y)
                 continue
             x, y = x.to(device), y.to(device)
             check_inputs(x, threat.bounds)
@@ -299,12 +383,13 @@ def evaluate(
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
                 check_labels(y, x.shape[0], num_classes)
-            records.append(
-                _run_batch(
+            with _seeded_randomness(model, device, batch_seed(seed, index, len(attacks))):
+                record = _run_batch(
                     model, x, y, attacks, threat, cascade=cascade, seed=seed, index=index, chunker=chunker
                 )
-            )
+            records.append(record)
             if state_file is not None:
+                record.data_sha256 = _data_digest(x, y)
                 atomic_write_json(
                     state_file,
                     {
@@ -316,6 +401,11 @@ def evaluate(
             done += x.shape[0]
             if progress is not None:
                 progress(done, total)
+    if set(finished) - seen:
+        raise ConfigError(
+            f"evaluation state {state_file} holds batches the data does not have (fewer samples than when it was "
+            "written): delete it or use another state file"
+        )
     resumed = len(finished)
     if group.enabled:
         records = [r for part in distributed.gather_objects(records) for r in part]
@@ -329,6 +419,14 @@ def evaluate(
         extra.update(upper_bound=True, adaptive_note=adaptive_note)
     if chunker.backoffs:
         extra.update(oom_backoffs=chunker.backoffs, attack_batch_size=chunker.limit)
+    nonfinite = sum(r.nonfinite for r in records)
+    if nonfinite:
+        extra.update(nonfinite_logits=nonfinite, nonfinite_note=NONFINITE_NOTE.format(count=nonfinite))
+    if is_randomized(model):
+        extra["randomness"] = (
+            "the model is randomized: each batch's draws come from the global RNG seeded from the seed and "
+            "the batch; every verdict is one draw"
+        )
     return _assemble(
         records,
         attacks,
@@ -423,9 +521,11 @@ def _assemble(
     results: list[AttackResult] = []
     standing = sum(clean)
     for i, attack in enumerate(attacks):
-        fooled = sum(1 for b in broken if b == i)
-        standing -= fooled
-        correct = standing if cascade else sum(r.survived[i] for r in records)
+        survived = sum(r.survived[i] for r in records)
+        # What this attack fooled among what it attacked (with a cascade: the samples it broke first).
+        fooled = sum(r.attacked[i] for r in records) - survived
+        standing -= sum(1 for b in broken if b == i)
+        correct = standing if cascade else survived
         results.append(
             AttackResult(
                 name=attack.name,
