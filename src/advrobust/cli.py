@@ -752,7 +752,7 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    for note in ("amp_note", "adaptive_note"):
+    for note in ("amp_note", "adaptive_note", "saturation_note", "nonfinite_note"):
         if note in first.meta:
             console.print(
                 f"warning: {first.meta[note]}", style="red", markup=False, highlight=False, soft_wrap=True

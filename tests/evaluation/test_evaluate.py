@@ -291,3 +291,30 @@ def test_auto_batch_size_on_cpu_and_bad_values(trained_cnn: nn.Module, batch: Ba
     for bad in (0, "big", 2.5):
         with pytest.raises(ConfigError, match="batch_size must be a positive integer or 'auto'"):
             evaluate(trained_cnn, batch, [FGSM(threat=ThreatModel(eps=0.1))], batch_size=bad)  # type: ignore[arg-type]
+
+
+class _Scaled(nn.Module):
+    """The model's logits times 100: a saturated softmax, as defensive distillation leaves it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x) * 100
+        return out
+
+
+def test_a_saturated_softmax_under_cross_entropy_attacks_is_an_upper_bound(
+    trained_cnn: nn.Module, batch: Batch
+) -> None:
+    threat = ThreatModel(eps=0.1)
+    x, y = batch[0][:100], batch[1][:100]
+    saturated = _Scaled(trained_cnn).eval()
+    ce = evaluate(saturated, (x, y), [PGD(threat=threat, steps=5)], batch_size=100)
+    assert ce.meta["upper_bound"] is True and "saturated" in ce.meta["saturation_note"]
+    margin = evaluate(saturated, (x, y), [PGD(threat=threat, steps=5, loss="margin")], batch_size=100)
+    assert "saturation_note" not in margin.meta
+    assert margin.robust.correct < ce.robust.correct  # what the note warns of
+    plain = evaluate(trained_cnn, (x, y), [PGD(threat=threat, steps=5)], batch_size=100)
+    assert "saturation_note" not in plain.meta

@@ -30,6 +30,12 @@ NONFINITE_NOTE = (
     "the model returned non-finite logits (NaN or inf) for {count} attacked point(s); they count as not robust "
     "(an argmax over NaN would read class 0): check the model or defense for overflow off the data"
 )
+SATURATION_NOTE = (
+    "the model's softmax is saturated (p > 1 - 1e-6) on {percent:.0f}% of the first batch and every gradient "
+    "attack here maximises cross-entropy, whose gradient then vanishes (as with defensive distillation): this "
+    "robust accuracy is only an upper bound and may be far too high; evaluate with --suite standard (DLR and "
+    "margin losses)"
+)
 BLACK_BOX_NOTE = (
     "black-box ({access}) evaluation: only gradient-free attacks ran, so robust accuracy is an upper bound; "
     "a white-box evaluation of the same model can only find it lower"
@@ -364,6 +370,7 @@ def evaluate(
     done = sum(len(r.clean) for r in records)
     start = _time()
     num_classes: int | None = None
+    saturated = 0.0
     with eval_mode(model):
         for index, (x, y) in enumerate(batches):
             # Under torchrun each rank takes every world_size-th batch; batches are seeded independently,
@@ -382,6 +389,8 @@ def evaluate(
                 logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
+                probs = torch.softmax(logits.float(), dim=1)
+                saturated = float((probs.max(dim=1).values > 1 - 1e-6).float().mean())
                 check_labels(y, x.shape[0], num_classes)
             with _seeded_randomness(model, device, batch_seed(seed, index, len(attacks))):
                 record = _run_batch(
@@ -419,6 +428,8 @@ def evaluate(
         extra.update(upper_bound=True, adaptive_note=adaptive_note)
     if chunker.backoffs:
         extra.update(oom_backoffs=chunker.backoffs, attack_batch_size=chunker.limit)
+    if saturated > 0.5 and _cross_entropy_only(attacks):
+        extra.update(upper_bound=True, saturation_note=SATURATION_NOTE.format(percent=100 * saturated))
     nonfinite = sum(r.nonfinite for r in records)
     if nonfinite:
         extra.update(nonfinite_logits=nonfinite, nonfinite_note=NONFINITE_NOTE.format(count=nonfinite))
@@ -475,6 +486,19 @@ def _adaptive_note(attacks: Sequence[Attack], model: nn.Module) -> str | None:
         "its gradients can hide adversarial examples, so this robust accuracy is only an upper bound and "
         "may be far too high; evaluate with --suite adaptive (or wrap the attacks with adapt())"
     )
+
+
+def _cross_entropy_only(attacks: Sequence[Attack]) -> bool:
+    """Whether every gradient attack (wrappers looked through) maximises cross-entropy and at least one runs."""
+    losses = []
+    for attack in attacks:
+        if attack.gradient_free:
+            continue
+        inner = attack
+        while hasattr(inner, "inner"):
+            inner = inner.inner
+        losses.append(getattr(inner, "loss", None))
+    return bool(losses) and all(loss == "ce" for loss in losses)
 
 
 def _access_meta(access: Access) -> dict[str, Any]:
