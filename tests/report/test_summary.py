@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
-from advrobust.report import Headline, ModelEntry, summary_rows, verdict
+from advrobust.report import Headline, ModelEntry, robustness_card, summary_rows, verdict
 from advrobust.report.summary import recommended
 
 N = 1000
@@ -21,11 +21,19 @@ def _model(
     objective: str = "standard",
     audit: str | None = None,
     note: str | None = None,
+    meta: dict[str, Any] | None = None,
+    violations: int = 0,
 ) -> ModelEntry:
     """A model evaluated at linf 0.3 on N samples: ``attacks`` maps name to correct count (each on all)."""
     records = [
         AttackResult(
-            name.split("(")[0], {"steps": 40} if name == "pgd" else {}, Accuracy(c, N), N, N - c, 1.0
+            name.split("(")[0],
+            {"steps": 40} if name == "pgd" else {},
+            Accuracy(c, N),
+            N,
+            N - c,
+            1.0,
+            violations=violations,
         )
         for name, c in attacks.items()
     ]
@@ -42,7 +50,7 @@ def _model(
         clean_seconds=0.1,
         seed=0,
         cascade=False,
-        meta={"upper_bound": True, "adaptive_note": note} if note else {},
+        meta=meta if meta is not None else ({"upper_bound": True, "adaptive_note": note} if note else {}),
     )
     card: dict[str, Any] = {"arch": "small-cnn", "training": {"objective": {"name": objective}}}
     if seconds is not None:
@@ -92,7 +100,7 @@ def test_a_number_from_attacks_that_ignore_the_defense_is_not_recommended() -> N
     assert rows["jpeg"].caveat == note and rows["pgd-at"].caveat is None
     lines = verdict(models, HEADLINE)
     assert lines[0].startswith(
-        "jpeg shows the highest robust accuracy (95.0%) but was attacked without BPDA/EOT although it declares"
+        f"jpeg shows the highest robust accuracy (95.0%) but its number comes with a caveat ({note})"
     )
     assert lines[1].startswith("Use pgd-at against linf eps 0.3 attacks")
     # Alone, it is still reported, with the warning.
@@ -140,3 +148,49 @@ def test_a_training_warning_on_the_card_is_said() -> None:
     assert lines[-1] == "fast-at-0.5's training warned: the model is not robust: ...."
     assert verdict(models, None)[-1] == lines[-1]  # also before anything was evaluated
     assert not any("warned" in line for line in verdict(models[:1], HEADLINE))
+
+
+def test_black_box_bounds_saturated_cross_entropy_and_violations_are_caveats_in_the_verdict_and_card() -> (
+    None
+):
+    access = (
+        "black-box (score) evaluation: only gradient-free attacks ran, so robust accuracy is an upper bound"
+    )
+    saturation = "the model's softmax is saturated (p > 1 - 1e-6) on 90% of the first batch"
+    models = [
+        _model("pgd-at", 950, {"pgd": 600, "apgd": 550}, objective="pgd-at", audit="pass"),
+        _model("square-only", 950, {"square": 890}, meta={"access": "score", "access_note": access}),
+        _model("distilled", 950, {"apgd": 900}, meta={"saturation_note": saturation}),
+        _model("outside", 950, {"apgd": 880}, violations=3),
+    ]
+    rows = {r.name: r for r in summary_rows(models, HEADLINE)}
+    assert rows["square-only"].caveat == access
+    assert rows["distilled"].caveat == saturation
+    assert rows["outside"].caveat == "3 returned point(s) lay outside the threat model"
+    best = recommended(list(rows.values()))
+    assert best is not None and best.name == "pgd-at"
+    lines = verdict(models, HEADLINE)
+    assert lines[0].startswith(
+        f"distilled shows the highest robust accuracy (90.0%) but its number comes with a caveat ({saturation})"
+    )
+    alone = verdict([models[1]], HEADLINE)
+    assert f"Do not trust square-only's number yet: {access}." in alone
+    card = robustness_card(models[1], HEADLINE)
+    assert "(upper bound: see the caveats)" in card and f"- linf eps 0.3: {access}" in card
+    assert "Caveats" not in robustness_card(models[0], HEADLINE)
+
+
+def test_the_html_report_shows_the_caveats_beside_its_tables() -> None:
+    from advrobust.report import html
+
+    access = (
+        "black-box (score) evaluation: only gradient-free attacks ran, so robust accuracy is an upper bound"
+    )
+    models = [
+        _model("pgd-at", 950, {"pgd": 600}, objective="pgd-at", audit="pass"),
+        _model("square-only", 950, {"square": 890}, meta={"access": "score", "access_note": access}),
+    ]
+    summary = html._summary(models, HEADLINE)
+    assert f'<p class="note caveat">square-only: {access}</p>' in summary
+    results = html._results(models)
+    assert f"<li>linf eps 0.3: {access}</li>" in results and results.count("<li>") == 1

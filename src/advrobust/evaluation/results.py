@@ -142,6 +142,18 @@ class EvalResult:
     def n(self) -> int:
         return self.clean.total
 
+    @property
+    def caveats(self) -> list[str]:
+        """What limits this robust accuracy, in words (empty when nothing does): black-box access, gradient
+        attacks that ignore what the model declares, cross-entropy against a saturated softmax, bf16
+        autocast, non-finite logits, returned points outside the threat model."""
+        keys = ("access_note", "adaptive_note", "saturation_note", "amp_note", "nonfinite_note")
+        notes = [str(self.meta[k]) for k in keys if self.meta.get(k)]
+        outside = sum(a.violations for a in self.attacks)
+        if outside:
+            notes.append(f"{outside} returned point(s) lay outside the threat model")
+        return notes
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,

@@ -52,14 +52,22 @@ def robustness_card(entry: ModelEntry, headline: Headline | None = None) -> str:
                 attack_label(a.name, a.params) + ("" if r.cascade else f" {100 * a.accuracy.value:.1f}%")
                 for a in r.attacks
             )
+            flag = " (upper bound: see the caveats)" if r.caveats else ""
             lines.append(
-                f"| {r.threat['norm']} | {float(r.threat['eps']):g}{mark} | {_acc(r.clean)} | {_acc(r.robust)} | "
+                f"| {r.threat['norm']} | {float(r.threat['eps']):g}{mark} | {_acc(r.clean)} | {_acc(r.robust)}{flag} | "
                 f"{attacks} |"
             )
         lines += [
             "",
             "Robust accuracy is the worst case over the attacks per sample: an upper bound on the true value.",
         ]
+        caveats = [(ev.result, ev.result.caveats) for ev in evaluations if ev.result.caveats]
+        if caveats:
+            lines += ["", "**Caveats** (these numbers may be far too high):", ""]
+            lines += [
+                f"- {r.threat['norm']} eps {float(r.threat['eps']):g}: {'; '.join(notes)}"
+                for r, notes in caveats
+            ]
     for curve in entry.curves():
         pairs = ", ".join(
             f"{eps:g}: {100 * acc:.1f}%" for eps, acc in zip(curve["eps"], curve["accuracy"], strict=True)

@@ -108,12 +108,15 @@ def _summary(models: Sequence[ModelEntry], headline: Headline | None) -> str:
             f"<td>{escape(row.attacks)}</td><td>{_badge(row.audit)}</td></tr>"
         )
     lines = "".join(f"<p>{_code_spans(escape(line))}</p>" for line in verdict(models, headline))
+    caveats = "".join(
+        f'<p class="note caveat">{escape(row.name)}: {escape(row.caveat)}</p>' for row in rows if row.caveat
+    )
     return (
         f'<section id="summary"><div class="verdict">{lines}</div>'
         f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody>'
         "</table></div>"
         '<p class="note">Accuracies with 95% Wilson confidence intervals. Robust accuracy is the worst case over '
-        "the attacks, per sample: an upper bound on the true robust accuracy.</p></section>"
+        f"the attacks, per sample: an upper bound on the true robust accuracy.</p>{caveats}</section>"
     )
 
 
@@ -145,10 +148,17 @@ def _results(models: Sequence[ModelEntry]) -> str:
                 f'<td class="num">{r.n}</td>{_acc(r.clean)}{cells}{_acc(r.robust)}'
                 f'<td class="num">{_seconds(r.seconds)}</td><td>{"cascade" if r.cascade else "each on all"}</td></tr>'
             )
+        caveats = "".join(
+            f"<li>{escape(str(ev.result.threat['norm']))} eps {float(ev.result.threat['eps']):g}: "
+            f"{escape('; '.join(ev.result.caveats))}</li>"
+            for ev in evaluations
+            if ev.result.caveats
+        )
         parts.append(
             f"<h3>{escape(entry.name)}</h3><div class='scroll'><table class='results' data-model='{escape(entry.name)}'>"
             f"<thead><tr><th>norm</th><th>eps</th><th>n</th><th>clean</th>{head}<th>robust (worst case)</th>"
             f"<th>time</th><th>attacks run</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+            + (f'<ul class="caveats">{caveats}</ul>' if caveats else "")
         )
     if not parts:
         return ""

@@ -73,7 +73,7 @@ def summary_rows(models: Sequence[ModelEntry], headline: Headline | None) -> lis
                 training_seconds=entry.training_seconds,
                 attacks=ev.attack_label if ev else "-",
                 audit=audit_status(entry, headline),
-                caveat=ev.result.meta.get("adaptive_note") if ev else None,
+                caveat="; ".join(ev.result.caveats) or None if ev else None,
             )
         )
     return rows
@@ -164,11 +164,11 @@ def _verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[st
         why = (
             "failed the gradient-masking audit"
             if top.audit == "fail"
-            else "was attacked without BPDA/EOT although it declares non-differentiable or random parts"
+            else f"its number comes with a caveat ({top.caveat})"
         )
         lines.append(
             f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but {why}: do not trust that "
-            "number until `advrobust eval --suite adaptive` confirms it."
+            "number until a white-box `advrobust eval --suite adaptive` confirms it."
         )
     others = [r for r in rows if r is not best and r.robust is not None and r.clean is not None]
     if not others:
