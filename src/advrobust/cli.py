@@ -733,6 +733,8 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             f"{_pct(result.robust.value)} [{100 * low:.1f}, {100 * high:.1f}]",
             f"{result.seconds:.1f}",
         )
+        if "curve_note" in result.meta:
+            console.print(f"note: {result.meta['curve_note']}", markup=False, highlight=False, soft_wrap=True)
         for attack in result.attacks:
             if attack.violations:
                 console.print(

@@ -541,12 +541,41 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
         for result in results:
             fooled = [c and not r for c, r in zip(result.clean_correct, result.robust_correct, strict=True)]
             curve = curve.with_fixed_eps(float(result.threat["eps"]), fooled, label)
+        # And the other way: what the curve's attacks broke within an evaluated eps is broken there too.
+        results = [_with_curve(result, curve) for result in results]
     if settings.json_path is not None and group.is_main:
         extra = {"curve": curve.to_dict()} if curve is not None else {}
         # The labels let a report break robust accuracy down per class without reloading the data.
         data_meta = {**meta["data"], "labels": data.labels.tolist()}
         save_run(settings.json_path, results, meta={**meta, **extra, "data": data_meta})
     return EvalOutcome(results, curve, meta)
+
+
+CURVE_BROKEN = -3  # broken_by for a sample that only the robustness curve's attacks broke at this eps
+
+
+def _with_curve(result: EvalResult, curve: RobustnessCurve) -> EvalResult:
+    """``result`` with the samples that the curve's attacks fooled within its eps counted as not robust
+    (``broken_by`` = ``CURVE_BROKEN``; ``meta.curve_broken`` counts them), so that robust accuracy is the
+    worst case over every attack that ran on these samples."""
+    eps = float(result.threat["eps"])
+    extra = [r and d <= eps for r, d in zip(result.robust_correct, curve.distances, strict=True)]
+    count = sum(extra)
+    if not count:
+        return result
+    robust = [r and not e for r, e in zip(result.robust_correct, extra, strict=True)]
+    broken = [CURVE_BROKEN if e else b for b, e in zip(result.broken_by, extra, strict=True)]
+    note = (
+        f"the robustness curve's attacks ({', '.join(curve.sources)}) broke {count} more sample(s) within eps "
+        f"{eps:g}: they count as not robust here"
+    )
+    return dataclasses.replace(
+        result,
+        robust=dataclasses.replace(result.robust, correct=sum(robust)),
+        robust_correct=robust,
+        broken_by=broken,
+        meta={**result.meta, "curve_broken": count, "curve_note": note},
+    )
 
 
 def audit_run(settings: AuditSettings) -> AuditReport:

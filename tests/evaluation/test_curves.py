@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -96,3 +97,43 @@ def test_a_fixed_eps_evaluation_folds_into_the_curve() -> None:
     assert tighter.accuracy == [0.75, 0.25, 0.25, 0.25]
     assert tighter.sources == ["fab", "standard"]
     assert tighter.with_fixed_eps(0.3, [False] * 4, "standard").sources == ["fab", "standard"]
+
+
+def test_what_the_curve_broke_within_an_evaluated_eps_counts_there() -> None:
+    from advrobust.evaluation.curves import RobustnessCurve
+    from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
+    from advrobust.runs import CURVE_BROKEN, _with_curve
+
+    # Four samples: misclassified, broken by the evaluation, robust to it but 0.05 from the curve's point,
+    # and robust to both (the curve's point is 0.2 away).
+    result = EvalResult(
+        threat={"norm": "linf", "eps": 0.1, "bounds": [0.0, 1.0]},
+        clean=Accuracy(3, 4),
+        robust=Accuracy(2, 4),
+        attacks=[AttackResult("pgd", {}, Accuracy(2, 4), 3, 1, 1.0)],
+        clean_correct=[False, True, True, True],
+        robust_correct=[False, False, True, True],
+        broken_by=[-2, 0, -1, -1],
+        seconds=1.0,
+        clean_seconds=0.1,
+        seed=0,
+        cascade=True,
+    )
+    curve = RobustnessCurve(
+        norm="linf",
+        eps=[0.0, 0.1],
+        accuracy=[0.75, 0.25],
+        ci_low=[0.0, 0.0],
+        ci_high=[1.0, 1.0],
+        distances=[0.0, 0.08, 0.05, 0.2],
+        sources=["fab"],
+        n=4,
+    )
+    folded = _with_curve(result, curve)
+    assert folded.robust_correct == [False, False, False, True]
+    assert folded.robust == Accuracy(1, 4)
+    assert folded.broken_by == [-2, 0, CURVE_BROKEN, -1]
+    assert folded.meta["curve_broken"] == 1 and "fab" in folded.meta["curve_note"]
+    assert _with_curve(folded, curve) == folded  # nothing more to fold
+    far = dataclasses.replace(curve, distances=[0.0, 0.08, 0.15, 0.2])
+    assert _with_curve(result, far) is result

@@ -121,8 +121,9 @@ class AttackResult:
 class EvalResult:
     """Clean and robust accuracy of one model under one threat model, per sample and in total.
 
-    ``broken_by[i]`` is the index of the first attack that fooled sample i, -1 if none did, and -2 if the
-    sample was already misclassified without attack.
+    ``broken_by[i]`` is the index of the first attack that fooled sample i, -1 if none did, -2 if the
+    sample was already misclassified without attack, and -3 if only the robustness curve's attacks of the
+    same run fooled it within this eps (``advrobust eval --curve``).
     """
 
     threat: dict[str, Any]
