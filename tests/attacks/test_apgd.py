@@ -295,3 +295,39 @@ def test_run_takes_an_input_that_requires_grad(trained_cnn: nn.Module, batch: Ba
     plain = attack.run(trained_cnn, x, y, None, seeded(0))
     attached = attack.run(trained_cnn, x.clone().requires_grad_(True), y, None, seeded(0))
     assert torch.equal(plain, attached)
+
+
+def test_a_restart_keeps_the_jump_to_the_best_point_as_momentum(
+    trained_cnn: nn.Module, batch: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the reference implementation: after a checkpoint sends a sample back to its best point, the next
+    # step's momentum is (best point - last iterate), not zero.
+    import advrobust.attacks.apgd as apgd_module
+
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    step = apgd_module.momentum_step
+
+    def recording(*args: object) -> torch.Tensor:
+        x_cur, x_prev = args[2], args[3]
+        assert isinstance(x_cur, torch.Tensor) and isinstance(x_prev, torch.Tensor)
+        out = step(*args)  # type: ignore[arg-type]
+        calls.append((x_cur.clone(), x_prev.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(apgd_module, "momentum_step", recording)
+    x, y = batch[0][:40], batch[1][:40]
+    steps = 20
+    # rho = 1: a sample restarts at a checkpoint unless every step since the last one raised its loss.
+    APGD(threat=ThreatModel(eps=0.01), steps=steps, rho=1.0)(trained_cnn, x, y, generator=seeded(), check=False)
+    restarted = 0
+    for c in apgd_checkpoints(steps)[1:]:
+        if c >= len(calls):
+            break
+        before_cur, _, new = calls[c - 1]
+        after_cur, after_prev, _ = calls[c]
+        if after_cur.shape != new.shape:
+            continue  # fooled samples left the batch at this checkpoint
+        moved = (after_cur != new).flatten(1).any(dim=1)  # sent back to their best point
+        restarted += int(moved.sum())
+        assert torch.equal(after_prev, before_cur)
+    assert restarted > 0

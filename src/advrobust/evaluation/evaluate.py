@@ -386,7 +386,9 @@ def evaluate(
             check_inputs(x, threat.bounds)
             check_labels(y, x.shape[0], num_classes)
             if num_classes is None:
-                logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
+                # Seeded apart from the batch's own draws: a resumed run probes another batch first.
+                with _seeded_randomness(model, device, batch_seed(seed, -1, -1)):
+                    logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
                 probs = torch.softmax(logits.float(), dim=1)
