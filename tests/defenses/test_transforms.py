@@ -181,6 +181,7 @@ def test_tv_minimisation_smooths_and_fits_the_kept_pixels(batch: Batch) -> None:
     stronger = TVMinimization(weight=0.3, keep_prob=1.0)(noisy)
     assert _total_variation(stronger) < _total_variation(denoised)
     assert not TVMinimization(keep_prob=1.0).randomized
+    assert not GaussianNoise(sigma=0.0).randomized and GaussianNoise(sigma=0.1).randomized
     assert torch.allclose(TVMinimization(weight=0.0, keep_prob=1.0)(x), x)
 
 

@@ -343,6 +343,7 @@ class GaussianNoise(Transform):
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < math.inf:
             raise ConfigError(f"noise sigma must be a number >= 0, got {sigma!r}: e.g. 0.1")
         self.sigma = float(sigma)
+        self.randomized = self.sigma > 0  # sigma 0 draws nothing: no EOT needed
 
     def params(self) -> dict[str, Any]:
         return {"sigma": self.sigma}
