@@ -733,8 +733,6 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             f"{_pct(result.robust.value)} [{100 * low:.1f}, {100 * high:.1f}]",
             f"{result.seconds:.1f}",
         )
-        if "curve_note" in result.meta:
-            console.print(f"note: {result.meta['curve_note']}", markup=False, highlight=False, soft_wrap=True)
         for attack in result.attacks:
             if attack.violations:
                 console.print(
@@ -754,10 +752,26 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    for note in ("amp_note", "adaptive_note", "saturation_note", "nonfinite_note"):
-        if note in first.meta:
+    for note in ("amp_note", "adaptive_note", "saturation_note", "nonfinite_note", "curve_note"):
+        # Each eps's own note (the same text once); the eps is named where the evaluations differ.
+        said: set[str] = set()
+        for result in results:
+            text = result.meta.get(note)
+            if not text or text in said:
+                continue
+            said.add(text)
+            where = (
+                f"at eps {result.threat['eps']:g}: "
+                if len(results) > 1 and note in ("saturation_note", "nonfinite_note", "curve_note")
+                else ""
+            )
+            kind = "note" if note == "curve_note" else "warning"
             console.print(
-                f"warning: {first.meta[note]}", style="red", markup=False, highlight=False, soft_wrap=True
+                f"{kind}: {where}{text}",
+                style=None if kind == "note" else "red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
     if outcome.curve is not None:
         curve = outcome.curve

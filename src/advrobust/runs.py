@@ -36,7 +36,7 @@ from advrobust.errors import ConfigError, DataError
 from advrobust.evaluation import EvalResult, evaluate, save_run
 from advrobust.evaluation.audit import AuditReport, audit
 from advrobust.evaluation.curves import RobustnessCurve, robustness_curve
-from advrobust.evaluation.evaluate import auto_batch_size
+from advrobust.evaluation.evaluate import auto_batch_size, batch_seed, seeded_randomness
 from advrobust.evaluation.suites import build_suite
 from advrobust.fileio import atomic_write_json
 from advrobust.models import ModelCard, create_model, load_model, read_card, save_model
@@ -522,20 +522,22 @@ def eval_run(settings: EvalSettings, *, progress: Callable[[int, int], None] | N
     curve = None
     if settings.curve:
         x, y = _tensors(data, device)
-        curve = robustness_curve(
-            model,
-            x,
-            y,
-            norm=settings.norm,
-            eps_max=max(settings.eps),
-            points=settings.curve_points,
-            batch_size=(
-                auto_batch_size(device, data.input_shape)
-                if settings.batch_size == "auto"
-                else settings.batch_size
-            ),
-            seed=settings.seed,
-        )
+        # A randomized model's draws during the curve come from the seed too (as in evaluate's batches).
+        with seeded_randomness(model, device, batch_seed(settings.seed, -2, -2)):
+            curve = robustness_curve(
+                model,
+                x,
+                y,
+                norm=settings.norm,
+                eps_max=max(settings.eps),
+                points=settings.curve_points,
+                batch_size=(
+                    auto_batch_size(device, data.input_shape)
+                    if settings.batch_size == "auto"
+                    else settings.batch_size
+                ),
+                seed=settings.seed,
+            )
         # The evaluations above ran on the same samples: what they broke at an eps is broken there.
         label = settings.suite if settings.suite is not None else "+".join(settings.attack_names)
         for result in results:
@@ -559,7 +561,8 @@ def _with_curve(result: EvalResult, curve: RobustnessCurve) -> EvalResult:
     (``broken_by`` = ``CURVE_BROKEN``; ``meta.curve_broken`` counts them), so that robust accuracy is the
     worst case over every attack that ran on these samples."""
     eps = float(result.threat["eps"])
-    extra = [r and d <= eps for r, d in zip(result.robust_correct, curve.distances, strict=True)]
+    # Distance 0 is the curve's own clean check (one draw of a randomized model), not an attack's find.
+    extra = [r and 0 < d <= eps for r, d in zip(result.robust_correct, curve.distances, strict=True)]
     count = sum(extra)
     if not count:
         return result

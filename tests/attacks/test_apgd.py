@@ -318,7 +318,9 @@ def test_a_restart_keeps_the_jump_to_the_best_point_as_momentum(
     x, y = batch[0][:40], batch[1][:40]
     steps = 20
     # rho = 1: a sample restarts at a checkpoint unless every step since the last one raised its loss.
-    APGD(threat=ThreatModel(eps=0.01), steps=steps, rho=1.0)(trained_cnn, x, y, generator=seeded(), check=False)
+    APGD(threat=ThreatModel(eps=0.01), steps=steps, rho=1.0)(
+        trained_cnn, x, y, generator=seeded(), check=False
+    )
     restarted = 0
     for c in apgd_checkpoints(steps)[1:]:
         if c >= len(calls):

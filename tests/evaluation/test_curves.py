@@ -104,16 +104,17 @@ def test_what_the_curve_broke_within_an_evaluated_eps_counts_there() -> None:
     from advrobust.evaluation.results import Accuracy, AttackResult, EvalResult
     from advrobust.runs import CURVE_BROKEN, _with_curve
 
-    # Four samples: misclassified, broken by the evaluation, robust to it but 0.05 from the curve's point,
-    # and robust to both (the curve's point is 0.2 away).
+    # Five samples: misclassified, broken by the evaluation, robust to it but 0.05 from the curve's point,
+    # robust to both (the curve's point is 0.2 away), and robust to the evaluation but misclassified by the
+    # curve's own clean check (distance 0: one draw of a randomized model, no attack's find).
     result = EvalResult(
         threat={"norm": "linf", "eps": 0.1, "bounds": [0.0, 1.0]},
-        clean=Accuracy(3, 4),
-        robust=Accuracy(2, 4),
-        attacks=[AttackResult("pgd", {}, Accuracy(2, 4), 3, 1, 1.0)],
-        clean_correct=[False, True, True, True],
-        robust_correct=[False, False, True, True],
-        broken_by=[-2, 0, -1, -1],
+        clean=Accuracy(4, 5),
+        robust=Accuracy(3, 5),
+        attacks=[AttackResult("pgd", {}, Accuracy(3, 5), 4, 1, 1.0)],
+        clean_correct=[False, True, True, True, True],
+        robust_correct=[False, False, True, True, True],
+        broken_by=[-2, 0, -1, -1, -1],
         seconds=1.0,
         clean_seconds=0.1,
         seed=0,
@@ -122,18 +123,18 @@ def test_what_the_curve_broke_within_an_evaluated_eps_counts_there() -> None:
     curve = RobustnessCurve(
         norm="linf",
         eps=[0.0, 0.1],
-        accuracy=[0.75, 0.25],
+        accuracy=[0.6, 0.2],
         ci_low=[0.0, 0.0],
         ci_high=[1.0, 1.0],
-        distances=[0.0, 0.08, 0.05, 0.2],
+        distances=[0.0, 0.08, 0.05, 0.2, 0.0],
         sources=["fab"],
-        n=4,
+        n=5,
     )
     folded = _with_curve(result, curve)
-    assert folded.robust_correct == [False, False, False, True]
-    assert folded.robust == Accuracy(1, 4)
-    assert folded.broken_by == [-2, 0, CURVE_BROKEN, -1]
+    assert folded.robust_correct == [False, False, False, True, True]
+    assert folded.robust == Accuracy(2, 5)
+    assert folded.broken_by == [-2, 0, CURVE_BROKEN, -1, -1]
     assert folded.meta["curve_broken"] == 1 and "fab" in folded.meta["curve_note"]
     assert _with_curve(folded, curve) == folded  # nothing more to fold
-    far = dataclasses.replace(curve, distances=[0.0, 0.08, 0.15, 0.2])
+    far = dataclasses.replace(curve, distances=[0.0, 0.08, 0.15, 0.2, 0.0])
     assert _with_curve(result, far) is result

@@ -143,9 +143,24 @@ def test_a_state_file_is_refused_for_another_model_or_other_data(
     # Fewer samples than the state holds.
     with pytest.raises(ConfigError, match="fewer samples"):
         evaluate(trained_cnn, (x[:50], y[:50]), attacks, batch_size=50, state_path=state)
+    # The same weights behind a setting that is not a tensor (a temperature): another model.
+    with pytest.raises(ConfigError, match="another model or other weights"):
+        evaluate(_Tempered(trained_cnn, 100.0), (x[:100], y[:100]), attacks, batch_size=50, state_path=state)
     # More samples: the state's batches are kept, the new one is attacked.
     more = evaluate(trained_cnn, (x[:150], y[:150]), attacks, batch_size=50, state_path=state)
     assert more.meta["resumed_batches"] == 2 and more.n == 150
+
+
+class _Tempered(nn.Module):
+    """The model's logits divided by a temperature (a plain float attribute)."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x) / self.temperature
+        return out
 
 
 class _NaNOffTheGrid(nn.Module):
@@ -318,3 +333,13 @@ def test_a_saturated_softmax_under_cross_entropy_attacks_is_an_upper_bound(
     assert margin.robust.correct < ce.robust.correct  # what the note warns of
     plain = evaluate(trained_cnn, (x, y), [PGD(threat=threat, steps=5)], batch_size=100)
     assert "saturation_note" not in plain.meta
+
+
+def test_a_resumed_evaluation_keeps_its_notes(tmp_path: Path, trained_cnn: nn.Module, batch: Batch) -> None:
+    x, y = batch[0][:100], batch[1][:100]
+    attacks = [PGD(threat=ThreatModel(eps=0.1), steps=3)]
+    state = tmp_path / "state.json"
+    first = evaluate(_Scaled(trained_cnn).eval(), (x, y), attacks, batch_size=50, state_path=state)
+    again = evaluate(_Scaled(trained_cnn).eval(), (x, y), attacks, batch_size=50, state_path=state)
+    assert again.meta["resumed_batches"] == 2 and again.robust_correct == first.robust_correct
+    assert again.meta["saturation_note"] == first.meta["saturation_note"]

@@ -159,8 +159,13 @@ def test_black_box_bounds_saturated_cross_entropy_and_violations_are_caveats_in_
     saturation = "the model's softmax is saturated (p > 1 - 1e-6) on 90% of the first batch"
     models = [
         _model("pgd-at", 950, {"pgd": 600, "apgd": 550}, objective="pgd-at", audit="pass"),
-        _model("square-only", 950, {"square": 890}, meta={"access": "score", "access_note": access}),
-        _model("distilled", 950, {"apgd": 900}, meta={"saturation_note": saturation}),
+        _model(
+            "square-only",
+            950,
+            {"square": 890},
+            meta={"access": "score", "upper_bound": True, "access_note": access},
+        ),
+        _model("distilled", 950, {"apgd": 900}, meta={"upper_bound": True, "saturation_note": saturation}),
         _model("outside", 950, {"apgd": 880}, violations=3),
     ]
     rows = {r.name: r for r in summary_rows(models, HEADLINE)}
@@ -178,6 +183,9 @@ def test_black_box_bounds_saturated_cross_entropy_and_violations_are_caveats_in_
     card = robustness_card(models[1], HEADLINE)
     assert "(upper bound: see the caveats)" in card and f"- linf eps 0.3: {access}" in card
     assert "Caveats" not in robustness_card(models[0], HEADLINE)
+    # Points outside the threat model: a caveat, but not one that makes the number an upper bound.
+    outside = robustness_card(models[3], HEADLINE)
+    assert "(see the caveats)" in outside and "upper bound: see" not in outside
 
 
 def test_the_html_report_shows_the_caveats_beside_its_tables() -> None:
@@ -188,7 +196,12 @@ def test_the_html_report_shows_the_caveats_beside_its_tables() -> None:
     )
     models = [
         _model("pgd-at", 950, {"pgd": 600}, objective="pgd-at", audit="pass"),
-        _model("square-only", 950, {"square": 890}, meta={"access": "score", "access_note": access}),
+        _model(
+            "square-only",
+            950,
+            {"square": 890},
+            meta={"access": "score", "upper_bound": True, "access_note": access},
+        ),
     ]
     summary = html._summary(models, HEADLINE)
     assert f'<p class="note caveat">square-only: {access}</p>' in summary

@@ -101,7 +101,7 @@ def auto_batch_size(device: torch.device, sample_shape: Sequence[int]) -> int:
 
 
 @contextlib.contextmanager
-def _seeded_randomness(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+def seeded_randomness(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
     """For a model that declares ``randomized``: its draws from the global RNG (of ``device``) come from
     ``seed`` inside the block, and the caller's RNG state is restored after it. Other models: nothing."""
     if not is_randomized(model):
@@ -230,11 +230,14 @@ def _fingerprint(
     cascade: bool,
     batch_size: int,
     access: Access,
+    meta: dict[str, Any],
 ) -> str:
-    """What makes two evaluations the same one: the model (its structure and every weight), the attacks,
-    threat, seed, cascade, batch size and access. The data are checked batch by batch (``_data_digest``)."""
+    """What makes two evaluations the same one: the model (its structure, settings and every weight, and what
+    ``meta`` says of it: file checksum, address, acceleration), the attacks, threat, seed, cascade, batch size
+    and access. The data are checked batch by batch (``_data_digest``)."""
     spec = {
         "model": _model_digest(model),
+        "model_meta": {k: meta[k] for k in ("model", "acceleration", "defense") if k in meta},
         "threat": threat.to_dict(),
         "attacks": [[a.name, a.params()] for a in attacks],
         "seed": seed,
@@ -246,14 +249,31 @@ def _fingerprint(
 
 
 def _update(digest: Any, tensor: Tensor) -> None:
-    flat = tensor.detach().reshape(-1)
+    if isinstance(tensor, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)):
+        digest.update(b"uninitialized")
+        return
     digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-    digest.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    flat = tensor.detach()
+    if flat.is_quantized:
+        flat = flat.int_repr()
+    flat = flat.resolve_conj().resolve_neg().reshape(-1).cpu().contiguous()
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+_SETTING_TYPES = (bool, int, float, str, type(None))
 
 
 def _model_digest(model: nn.Module) -> str:
-    """sha256 of the model's printed structure (with its modules' settings) and of every parameter and buffer."""
+    """sha256 of the model's printed structure, of each module's plain settings (numbers, strings: a
+    temperature, a noise level, an address) and of every parameter and buffer."""
     digest = hashlib.sha256(f"{type(model).__qualname__}\n{model!r}\n".encode())
+    for path, module in model.named_modules():
+        settings = {
+            k: v
+            for k, v in vars(module).items()
+            if not k.startswith("_") and k != "training" and isinstance(v, _SETTING_TYPES)
+        }
+        digest.update(f"{path}:{type(module).__qualname__}:{sorted(settings.items())!r}\n".encode())
     for name, tensor in model.state_dict(keep_vars=True).items():
         if isinstance(tensor, Tensor):
             digest.update(name.encode())
@@ -288,12 +308,13 @@ def _load_state(path: Path, fingerprint: str) -> list[_BatchRecord]:
     return records
 
 
-def _check_resumed(path: Path, record: _BatchRecord, x: Tensor, y: Tensor) -> None:
+def _resume_problem(path: Path, record: _BatchRecord, x: Tensor, y: Tensor) -> str | None:
     if len(record.clean) != x.shape[0] or record.data_sha256 != _data_digest(x, y):
-        raise ConfigError(
+        return (
             f"evaluation state {path} was written for other data (batch {record.index} differs): "
             "delete it or use another state file"
         )
+    return None
 
 
 def evaluate(
@@ -361,7 +382,14 @@ def evaluate(
     fingerprint = ""
     if state_file is not None:
         fingerprint = _fingerprint(
-            model, attacks, threat, seed=seed, cascade=cascade, batch_size=batch_size, access=access
+            model,
+            attacks,
+            threat,
+            seed=seed,
+            cascade=cascade,
+            batch_size=batch_size,
+            access=access,
+            meta=meta or {},
         )
         records = _load_state(state_file, fingerprint)
     finished = {r.index: r for r in records}
@@ -371,6 +399,7 @@ def evaluate(
     start = _time()
     num_classes: int | None = None
     saturated = 0.0
+    problem: str | None = None  # a refusal found while resuming; raised on every process together
     with eval_mode(model):
         for index, (x, y) in enumerate(batches):
             # Under torchrun each rank takes every world_size-th batch; batches are seeded independently,
@@ -378,23 +407,26 @@ def evaluate(
             if index % group.world_size != group.rank:
                 continue
             seen.add(index)
-            if index in finished:
-                assert state_file is not None
-                _check_resumed(state_file, finished[index], x, y)
-                continue
             x, y = x.to(device), y.to(device)
-            check_inputs(x, threat.bounds)
-            check_labels(y, x.shape[0], num_classes)
             if num_classes is None:
-                # Seeded apart from the batch's own draws: a resumed run probes another batch first.
-                with _seeded_randomness(model, device, batch_seed(seed, -1, -1)):
+                # The first batch is probed even when it is resumed (the saturation note depends on it),
+                # seeded apart from the batch's own draws.
+                check_inputs(x, threat.bounds)
+                with seeded_randomness(model, device, batch_seed(seed, -1, -1)):
                     logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
                 check_outputs(logits, x.shape[0])
                 num_classes = logits.shape[1]
                 probs = torch.softmax(logits.float(), dim=1)
                 saturated = float((probs.max(dim=1).values > 1 - 1e-6).float().mean())
-                check_labels(y, x.shape[0], num_classes)
-            with _seeded_randomness(model, device, batch_seed(seed, index, len(attacks))):
+            if index in finished:
+                assert state_file is not None
+                problem = _resume_problem(state_file, finished[index], x, y)
+                if problem is not None:
+                    break
+                continue
+            check_inputs(x, threat.bounds)
+            check_labels(y, x.shape[0], num_classes)
+            with seeded_randomness(model, device, batch_seed(seed, index, len(attacks))):
                 record = _run_batch(
                     model, x, y, attacks, threat, cascade=cascade, seed=seed, index=index, chunker=chunker
                 )
@@ -412,11 +444,15 @@ def evaluate(
             done += x.shape[0]
             if progress is not None:
                 progress(done, total)
-    if set(finished) - seen:
-        raise ConfigError(
+    if problem is None and set(finished) - seen:
+        problem = (
             f"evaluation state {state_file} holds batches the data does not have (fewer samples than when it was "
             "written): delete it or use another state file"
         )
+    if group.enabled:  # every process stops with the refusal, none waits for the others in a gather
+        problem = next((p for p in distributed.gather_objects(problem) if p is not None), None)
+    if problem is not None:
+        raise ConfigError(problem)
     resumed = len(finished)
     if group.enabled:
         records = [r for part in distributed.gather_objects(records) for r in part]
@@ -437,8 +473,8 @@ def evaluate(
         extra.update(nonfinite_logits=nonfinite, nonfinite_note=NONFINITE_NOTE.format(count=nonfinite))
     if is_randomized(model):
         extra["randomness"] = (
-            "the model is randomized: each batch's draws come from the global RNG seeded from the seed and "
-            "the batch; every verdict is one draw"
+            "the model is randomized: its draws from the global RNG are seeded from the seed and the batch "
+            "(a part with its own generator keeps it); every verdict is one draw"
         )
     return _assemble(
         records,

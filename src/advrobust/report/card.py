@@ -52,7 +52,11 @@ def robustness_card(entry: ModelEntry, headline: Headline | None = None) -> str:
                 attack_label(a.name, a.params) + ("" if r.cascade else f" {100 * a.accuracy.value:.1f}%")
                 for a in r.attacks
             )
-            flag = " (upper bound: see the caveats)" if r.caveats else ""
+            flag = (
+                " (upper bound: see the caveats)"
+                if r.meta.get("upper_bound")
+                else (" (see the caveats)" if r.caveats else "")
+            )
             lines.append(
                 f"| {r.threat['norm']} | {float(r.threat['eps']):g}{mark} | {_acc(r.clean)} | {_acc(r.robust)}{flag} | "
                 f"{attacks} |"
@@ -63,7 +67,7 @@ def robustness_card(entry: ModelEntry, headline: Headline | None = None) -> str:
         ]
         caveats = [(ev.result, ev.result.caveats) for ev in evaluations if ev.result.caveats]
         if caveats:
-            lines += ["", "**Caveats** (these numbers may be far too high):", ""]
+            lines += ["", "**Caveats**:", ""]
             lines += [
                 f"- {r.threat['norm']} eps {float(r.threat['eps']):g}: {'; '.join(notes)}"
                 for r, notes in caveats

@@ -162,14 +162,13 @@ def _verdict(models: Sequence[ModelEntry], headline: Headline | None) -> list[st
     top = best_row(rows)
     if top is not None and top is not best and top.robust is not None:
         why = (
-            "failed the gradient-masking audit"
+            "failed the gradient-masking audit: do not trust that number until `advrobust eval --suite "
+            "adaptive` confirms it"
             if top.audit == "fail"
-            else f"its number comes with a caveat ({top.caveat})"
+            else f"its number comes with a caveat ({top.caveat}): do not trust it until an evaluation without "
+            "that caveat confirms it"
         )
-        lines.append(
-            f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but {why}: do not trust that "
-            "number until a white-box `advrobust eval --suite adaptive` confirms it."
-        )
+        lines.append(f"{top.name} shows the highest robust accuracy ({_pct(top.robust)}) but {why}.")
     others = [r for r in rows if r is not best and r.robust is not None and r.clean is not None]
     if not others:
         trained = f", trained in {_time(best.training_seconds)}" if best.training_seconds else ""
