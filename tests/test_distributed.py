@@ -163,3 +163,15 @@ def test_two_process_fast_at_prior_start_keeps_every_process_perturbations(tmp_p
     from advrobust.models import read_card
 
     assert read_card(out).training["objective"]["prior_reg"] == 1
+
+
+def test_a_resume_refused_on_one_process_stops_both(tiny_run: Path, tmp_path: Path) -> None:
+    state = tmp_path / "eval.state"
+    common = ["eval", "--model", str(tiny_run), "--batch-size", "20", "--eps", "0.1", "--attack", "fgsm"]
+    done = _torchrun(*common, "--samples", "100", "--state", str(state), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 80 samples: batches 0-3. Rank 1 (batches 1, 3) finds all of its batches; rank 0's state also holds
+    # batch 4, which the data no longer has. Both must stop with the refusal (neither waiting for the other).
+    refused = _torchrun(*common, "--samples", "80", "--state", str(state), "--quiet")
+    assert refused.returncode != 0
+    assert "fewer samples than when it was written" in refused.stderr
