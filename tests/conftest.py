@@ -37,6 +37,25 @@ def counting() -> type[CountingModel]:
     return CountingModel
 
 
+class NaNOffTheData(nn.Module):
+    """The model on inputs of the data's 1/255 grid, NaN logits anywhere else (where attacks go)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(x)
+        on_grid = ((x * 255 - (x * 255).round()).abs() < 1e-3).flatten(1).all(dim=1)
+        return torch.where(on_grid.unsqueeze(1), logits, torch.full_like(logits, float("nan")))
+
+
+@pytest.fixture
+def nan_off_the_data() -> type[NaNOffTheData]:
+    """The ``NaNOffTheData`` class: a model whose outputs are NaN off the data (masked, and a NaN trap)."""
+    return NaNOffTheData
+
+
 @pytest.fixture(scope="session")
 def mini_train() -> ImageDataset:
     return load_dataset("mnist-mini", split="train")

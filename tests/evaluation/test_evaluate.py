@@ -163,22 +163,11 @@ class _Tempered(nn.Module):
         return out
 
 
-class _NaNOffTheGrid(nn.Module):
-    """The model's logits on inputs of the 1/255 grid (the data), NaN anywhere else (attacked points)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(x)
-        on_grid = ((x * 255 - (x * 255).round()).abs() < 1e-3).flatten(1).all(dim=1)
-        return torch.where(on_grid.unsqueeze(1), logits, torch.full_like(logits, float("nan")))
-
-
-def test_non_finite_logits_under_attack_count_as_not_robust(trained_cnn: nn.Module, batch: Batch) -> None:
+def test_non_finite_logits_under_attack_count_as_not_robust(
+    trained_cnn: nn.Module, batch: Batch, nan_off_the_data: type[nn.Module]
+) -> None:
     x, y = batch
-    model = _NaNOffTheGrid(trained_cnn).eval()
+    model = nan_off_the_data(trained_cnn).eval()
     # FGSM's point is off the grid for every sample, so the model answers NaN there; argmax reads a NaN row
     # as class 0: without the check every clean-correct 0 would count as robust.
     result = evaluate(model, (x, y), [FGSM(threat=ThreatModel(eps=0.1))], batch_size=100)
