@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advrobust.attacks.base import Attack, create_attack, input_gradient
 from advrobust.contract import check_model_io, eval_mode
-from advrobust.evaluation.evaluate import evaluate
+from advrobust.evaluation.evaluate import evaluate, saturated_fraction
 from advrobust.threat import ThreatModel
 
 Status = Literal["pass", "warn", "fail"]
@@ -147,8 +146,7 @@ def audit(
     clean_acc = float(clean.float().mean())
 
     # Outputs: logits, and not saturated (saturated softmax makes cross-entropy gradients vanish).
-    probs = F.softmax(logits.float(), dim=1)
-    saturated = float((probs.max(dim=1).values > 1 - 1e-6).float().mean())
+    saturated = saturated_fraction(logits)
     checks.append(
         Check(
             "logits",

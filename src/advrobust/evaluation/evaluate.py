@@ -100,6 +100,13 @@ def auto_batch_size(device: torch.device, sample_shape: Sequence[int]) -> int:
     return min(4096, max(64, size))
 
 
+def saturated_fraction(logits: Tensor) -> float:
+    """The fraction of samples whose softmax is saturated (top probability > 1 - 1e-6 in float32): there the
+    cross-entropy gradient vanishes. Shape: logits (N, K)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    return float((probs.max(dim=1).values > 1 - 1e-6).float().mean())
+
+
 @contextlib.contextmanager
 def seeded_randomness(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
     """For a model that declares ``randomized``: its draws from the global RNG (of ``device``) come from
@@ -407,24 +414,25 @@ def evaluate(
             if index % group.world_size != group.rank:
                 continue
             seen.add(index)
-            x, y = x.to(device), y.to(device)
-            if num_classes is None:
-                # The first batch is probed even when it is resumed (the saturation note depends on it),
-                # seeded apart from the batch's own draws.
-                check_inputs(x, threat.bounds)
-                with seeded_randomness(model, device, batch_seed(seed, -1, -1)):
-                    logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
-                check_outputs(logits, x.shape[0])
-                num_classes = logits.shape[1]
-                probs = torch.softmax(logits.float(), dim=1)
-                saturated = float((probs.max(dim=1).values > 1 - 1e-6).float().mean())
             if index in finished:
                 assert state_file is not None
                 problem = _resume_problem(state_file, finished[index], x, y)
                 if problem is not None:
                     break
-                continue
+                if num_classes is not None:
+                    continue
+            x, y = x.to(device), y.to(device)
             check_inputs(x, threat.bounds)
+            if num_classes is None:
+                # The first batch is probed even when it is resumed (the saturation note depends on it),
+                # seeded apart from the batch's own draws.
+                with seeded_randomness(model, device, batch_seed(seed, -1, -1)):
+                    logits = chunker.run(lambda xs, ys, chunk: _probe(model, xs), x, y)
+                check_outputs(logits, x.shape[0])
+                num_classes = logits.shape[1]
+                saturated = saturated_fraction(logits)
+            if index in finished:
+                continue  # checked above; probed only for the saturation note
             check_labels(y, x.shape[0], num_classes)
             with seeded_randomness(model, device, batch_seed(seed, index, len(attacks))):
                 record = _run_batch(
